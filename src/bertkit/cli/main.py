@@ -1,0 +1,40 @@
+"""The ``bertkit`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bertkit.cli import demo, embed, info
+from bertkit.errors import BertkitError
+
+COMMANDS = {"info": info, "embed": embed, "demo": demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertkit", description="A toolkit for BERT-family text encoders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except (BertkitError, ValueError, TypeError) as e:
+        # User-facing errors carry their own message; no traceback from deep inside torch.
+        if args.verbose:
+            raise
+        print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""``Encoder``: a loaded model plus its tokenizer, with ``embed`` and ``encode``.
+
+Texts are tokenized once, sorted by length (longest first) and cut into batches; each batch is
+packed into one ``(total_tokens,)`` id tensor and run on the padding-free path, so no FLOP is spent
+on padding. Results come back in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from bertkit.data.tokenizer import Batch, WordPieceTokenizer
+from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.model.attention import Packing
+from bertkit.model.bert import BertModel
+from bertkit.model.weights import find_weights_file, load_pretrained, save_weights
+from bertkit.utils.runtime import tune_allocator
+
+log = logging.getLogger("bertkit")
+
+POOLINGS = ("mean", "cls")
+PROGRESS_MIN_TEXTS = 1000  # show a progress bar from this many texts on (unless told otherwise)
+
+
+def default_max_length(directory: Path, max_positions: int) -> int:
+    """sentence-transformers' max_seq_length if the model has one, else the tokenizer's limit."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        f = directory / name
+        if f.is_file():
+            value = json.loads(f.read_text(encoding="utf-8")).get(key)
+            if isinstance(value, int) and 0 < value < 1_000_000:
+                return min(value, max_positions)
+    return max_positions
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Encoder:
+    def __init__(self, model: BertModel, tokenizer: WordPieceTokenizer, max_length: int,
+                 name: str = "", source_dir: Path | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.name = name
+        self.source_dir = source_dir
+        self.head_state: dict[str, Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
+                        device: str | torch.device | None = None) -> Encoder:
+        directory = resolve_model_dir(name_or_path)
+        if pick_device(device).type == "cpu":
+            tune_allocator()
+        model, heads = load_pretrained(directory, path=path)
+        tokenizer = WordPieceTokenizer.from_dir(directory)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but config vocab_size is "
+                f"{model.config.vocab_size}"
+            )
+        enc = cls(model.to(pick_device(device)), tokenizer,
+                  default_max_length(directory, model.config.max_position_embeddings),
+                  name=str(name_or_path or DEFAULT_MODEL), source_dir=directory)
+        enc.head_state = heads
+        return enc
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    # ---- tokenization and batching --------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Batch:
+        batch = self.tokenizer.encode(list(texts), None if pairs is None else list(pairs), self.max_length)
+        if batch.n_truncated:
+            log.warning("%d of %d texts were longer than max_length=%d tokens and were truncated",
+                        batch.n_truncated, len(batch.ids), self.max_length)
+        return batch
+
+    def _batches(self, batch: Batch, batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor, Packing]]:
+        """Yield (input indices, ids (T,), type ids (T,), packing), longest texts first."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        lengths = np.array(batch.lengths)
+        order = np.argsort(-lengths, kind="stable")
+        dev = self.device
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids = torch.tensor([t for i in idx for t in batch.ids[i]], dtype=torch.long)
+            types = torch.tensor([t for i in idx for t in batch.type_ids[i]], dtype=torch.long)
+            packing = Packing.from_lengths([int(lengths[i]) for i in idx], device=dev)
+            yield idx, ids.to(dev), types.to(dev), packing
+
+    def _hidden(self, ids: Tensor, types: Tensor, packing: Packing) -> Tensor:
+        """Token states (total_tokens, hidden) on the model's execution path."""
+        if self.model.path == "unpadded":
+            return self.model.forward_packed(ids, packing, types)
+        # Padded paths: scatter into (batch, max_len), run, gather real tokens back.
+        b, s = packing.batch_size, max(packing.lengths)
+        seg = packing.segment_ids()
+        pos = packing.position_ids()
+        grid = torch.full((b, s), self.tokenizer.pad_id, dtype=torch.long, device=ids.device)
+        grid_types = torch.zeros_like(grid)
+        mask = torch.zeros((b, s), dtype=torch.bool, device=ids.device)
+        grid[seg, pos], grid_types[seg, pos], mask[seg, pos] = ids, types, True
+        out = self.model(grid, mask, grid_types).last_hidden_state
+        return out[seg, pos]
+
+    # ---- public API -----------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], batch_size: int = 32, pooling: str = "mean",
+              normalize: bool = True, progress: bool | None = None) -> np.ndarray:
+        """Sentence embeddings, float32 ``(len(texts), hidden)``, rows in input order.
+
+        pooling: "mean" (average of token states, sentence-transformers' default) or "cls".
+        normalize: L2-normalize each row (cosine similarity becomes a dot product).
+        """
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of texts; wrap a single text in a list")
+        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        if len(texts) == 0:
+            return out
+        batch = self.tokenize(texts)
+        show = progress if progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
+        self.model.eval()
+        with torch.inference_mode(), tqdm(total=len(texts), disable=not show, unit="text",
+                                          desc="embed", mininterval=1.0) as bar:
+            for idx, ids, types, packing in self._batches(batch, batch_size):
+                h = self._hidden(ids, types, packing).float()  # (total_tokens, hidden)
+                pooled = pool(h, packing, pooling)
+                if normalize:
+                    pooled = F.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+               batch_size: int = 32) -> list[np.ndarray]:
+        """Token states per text: a list of float32 ``(n_tokens_i, hidden)`` arrays, in input order."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts; wrap a single text in a list")
+        result: list[np.ndarray] = [np.zeros((0, self.hidden_size), np.float32)] * len(texts)
+        if len(texts) == 0:
+            return result
+        batch = self.tokenize(texts, pairs)
+        self.model.eval()
+        with torch.inference_mode():
+            for idx, ids, types, packing in self._batches(batch, batch_size):
+                h = self._hidden(ids, types, packing).float().cpu().numpy()
+                cu = packing.cu_seqlens.tolist()
+                for j, i in enumerate(idx):
+                    result[i] = h[cu[j]:cu[j + 1]].copy()
+        return result
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write config.json, model.safetensors and tokenizer files (HF BertModel layout)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.config.save(d)
+        save_weights(self.model, d)
+        self.tokenizer.save(d)
+        if self.source_dir is not None and (self.source_dir / "sentence_bert_config.json").is_file():
+            (d / "sentence_bert_config.json").write_text(
+                json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+        return d
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        n_params = self.model.num_parameters()
+        info: dict[str, Any] = {
+            "name": self.name,
+            "directory": str(self.source_dir) if self.source_dir else None,
+            "architecture": "BertModel (post-norm, absolute positions)",
+            "layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+            "attention_heads": cfg.num_attention_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "activation": cfg.hidden_act,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "max_length": self.max_length,
+            "vocab_size": cfg.vocab_size,
+            "tokenizer_vocab_size": self.tokenizer.vocab_size,
+            "pooler": self.model.pooler is not None,
+            "parameters": n_params,
+            "size_in_memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 2),
+            "execution_path": self.model.path,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
+        if self.source_dir is not None:
+            weights = find_weights_file(self.source_dir)
+            info["weights_file"] = weights.name
+            info["size_on_disk_mb"] = round(weights.stat().st_size / 2**20, 2)
+        return info
+
+
+def pool(h: Tensor, packing: Packing, pooling: str) -> Tensor:
+    """Pool packed token states (total_tokens, hidden) into (batch, hidden)."""
+    if pooling == "cls":
+        return h[packing.cu_seqlens[:-1]]
+    sums = h.new_zeros(packing.batch_size, h.shape[1]).index_add_(0, packing.segment_ids(), h)
+    lengths = torch.tensor(packing.lengths, dtype=h.dtype, device=h.device)
+    return sums / lengths[:, None]
+
+
+def load(name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
+         device: str | torch.device | None = None) -> Encoder:
+    """Load an encoder: ``load()`` or ``load("all-MiniLM-L6-v2")`` for the built-in default,
+    else a local Hugging Face BERT directory."""
+    return Encoder.from_pretrained(name_or_path, path=path, device=device)

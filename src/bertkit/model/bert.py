@@ -1,0 +1,200 @@
+"""The BERT encoder: embeddings, N post-norm transformer layers, optional pooler.
+
+One set of weights, three execution paths (see ``attention.py``). The linear layers, LayerNorms and
+feed-forward block are shape-agnostic over the leading dimensions, so the same modules run on a padded
+``(batch, seq, hidden)`` tensor or a packed ``(total_tokens, hidden)`` one; only attention differs.
+
+Parameter names are our own; ``weights.py`` maps them to and from Hugging Face BERT names with an
+explicit, asserted key table. Q, K and V are one fused ``Wqkv`` projection (one GEMM instead of three).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.model.attention import PATHS, Packing, log_path_once, padded_attention, unpadded_attention
+from bertkit.model.config import EncoderConfig
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,  # exact erf GELU, as BERT
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+_PATH_DETAIL = {
+    "reference": "padded batch, eager matmul-softmax-matmul attention with additive mask",
+    "sdpa": "padded batch, torch scaled_dot_product_attention with boolean mask",
+    "unpadded": "packed (total_tokens, hidden), attention per run of equal-length sequences, no padding",
+}
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """ids of any shape (...) -> (..., hidden)."""
+        h = self.word(input_ids) + self.token_type(token_type_ids) + self.position(position_ids)
+        return self.dropout(self.norm(h))
+
+
+class Layer(nn.Module):
+    """Post-norm transformer layer: h = LN(h + Attn(h)); h = LN(h + FFN(h))."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.num_heads = cfg.num_attention_heads
+        self.attn_dropout = cfg.attention_probs_dropout_prob
+        self.Wqkv = nn.Linear(h, 3 * h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.mlp_in = nn.Linear(h, i)
+        self.mlp_out = nn.Linear(i, h)
+        self.mlp_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, h: Tensor, path: str, mask: Tensor | None, packing: Packing | None) -> Tensor:
+        """h: (batch, seq, hidden) for padded paths, (total_tokens, hidden) for unpadded."""
+        p = self.attn_dropout if self.training else 0.0
+        qkv = self.Wqkv(h)  # (..., 3 * hidden)
+        if path == "unpadded":
+            ctx = unpadded_attention(qkv, packing, self.num_heads, p)
+        else:
+            ctx = padded_attention(qkv, mask, self.num_heads, path, p)
+        h = self.attn_norm(h + self.dropout(self.attn_out(ctx)))
+        return self.mlp_norm(h + self.dropout(self.mlp_out(self.act(self.mlp_in(h)))))
+
+
+class Pooler(nn.Module):
+    """tanh(W h_[CLS] + b), BERT's next-sentence pooler."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, cls_states: Tensor) -> Tensor:
+        return torch.tanh(self.dense(cls_states))  # (batch, hidden)
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: Tensor  # (batch, seq, hidden); zeros at padding on the unpadded path
+    pooler_output: Tensor | None  # (batch, hidden)
+
+
+class BertModel(nn.Module):
+    def __init__(self, cfg: EncoderConfig, add_pooler: bool = True, path: str = "unpadded") -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.pooler = Pooler(cfg) if add_pooler else None
+        self.path = path
+        self.apply(self._init_weights)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if value not in PATHS:
+            raise ValueError(f"unknown execution path {value!r}; choose one of {', '.join(PATHS)}")
+        self._path = value
+
+    def _init_weights(self, m: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                m.weight.data[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- packed (padding-free) entry point ------------------------------------------------
+    def forward_packed(self, input_ids: Tensor, packing: Packing,
+                       token_type_ids: Tensor | None = None) -> Tensor:
+        """input_ids: (total_tokens,) of all sequences back to back -> (total_tokens, hidden)."""
+        log_path_once("unpadded", _PATH_DETAIL["unpadded"])
+        self._check_length(max(packing.lengths))
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        h = self.embeddings(input_ids, packing.position_ids(), token_type_ids)
+        for layer in self.layers:
+            h = layer(h, "unpadded", None, packing)
+        return h
+
+    def pool(self, h: Tensor, packing: Packing) -> Tensor | None:
+        """Pooler output from packed states: (total_tokens, hidden) -> (batch, hidden)."""
+        if self.pooler is None:
+            return None
+        return self.pooler(h[packing.cu_seqlens[:-1]])
+
+    # ---- padded entry point (HF-compatible signature) -------------------------------------
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, path: str | None = None) -> EncoderOutput:
+        """input_ids, attention_mask, token_type_ids: (batch, seq) -> EncoderOutput.
+
+        ``path`` overrides ``self.path`` for this call. The unpadded path needs right padding
+        (each mask row is ones then zeros), as BERT tokenizers produce.
+        """
+        path = self.path if path is None else path
+        if path not in PATHS:
+            raise ValueError(f"unknown execution path {path!r}; choose one of {', '.join(PATHS)}")
+        b, s = input_ids.shape
+        self._check_length(s)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        mask = attention_mask.bool()
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+
+        if path == "unpadded":
+            if s > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+                raise ValueError("the unpadded path needs right-padded attention_mask rows (ones, then zeros)")
+            lengths = mask.sum(1)
+            if bool((lengths == 0).any()):
+                raise ValueError("every sequence needs at least one unmasked token")
+            flat = mask.flatten().nonzero().squeeze(1)  # (total_tokens,) positions in the (b*s) grid
+            packing = Packing.from_lengths(lengths.tolist(), device=input_ids.device)
+            h = self.forward_packed(input_ids.flatten()[flat], packing, token_type_ids.flatten()[flat])
+            pooled = self.pool(h, packing)
+            out = h.new_zeros(b * s, h.shape[-1])
+            out[flat] = h
+            return EncoderOutput(out.view(b, s, -1), pooled)
+
+        log_path_once(path, _PATH_DETAIL[path])
+        positions = torch.arange(s, device=input_ids.device).expand(b, s)
+        h = self.embeddings(input_ids, positions, token_type_ids)
+        for layer in self.layers:
+            h = layer(h, path, mask, None)
+        pooled = self.pooler(h[:, 0]) if self.pooler is not None else None
+        return EncoderOutput(h, pooled)
+
+    def _check_length(self, n: int) -> None:
+        if n > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {n} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}; "
+                "truncate the input"
+            )

@@ -1,0 +1,144 @@
+"""EncoderConfig: the model's shape, read from and written to Hugging Face ``config.json``.
+
+Every ``BertConfig`` field is a dataclass field with the same name and default. Keys we do
+not model (``architectures``, ``transformers_version``, ``id2label`` ...) are kept in
+``extra`` and written back unchanged, so a round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertkit.errors import ConfigError
+from bertkit.utils.atomic import atomic_write_text
+
+# Activations the feed-forward block implements; names as in transformers' ACT2FN.
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+SUPPORTED_POSITION_TYPES = ("absolute",)
+
+
+@dataclass
+class EncoderConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    use_cache: bool = True
+    classifier_dropout: float | None = None
+    model_type: str = "bert"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field for any setting this encoder cannot run."""
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name == "classifier_dropout":
+                continue
+            want = _FIELD_TYPES[f.name]
+            if not _type_ok(value, want):
+                raise ConfigError(
+                    f"config field '{f.name}' must be {want.__name__}, got {value!r}"
+                )
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"config field 'hidden_size' ({self.hidden_size}) must be divisible by "
+                f"'num_attention_heads' ({self.num_attention_heads})"
+            )
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config field '{name}' must be positive, got {getattr(self, name)}")
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(
+                f"config field 'hidden_act' is {self.hidden_act!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+            )
+        if self.position_embedding_type not in SUPPORTED_POSITION_TYPES:
+            raise ConfigError(
+                f"config field 'position_embedding_type' is {self.position_embedding_type!r}; "
+                f"supported: {', '.join(SUPPORTED_POSITION_TYPES)}"
+            )
+        for name in ("is_decoder", "add_cross_attention"):
+            if self.extra.get(name):
+                raise ConfigError(f"config field '{name}' is true; bertkit builds encoders only")
+
+    # ---- HF config.json -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        # JSON has one number type: accept 1 for a float field, as transformers does.
+        for k, v in kwargs.items():
+            if _FIELD_TYPES[k] is float and isinstance(v, int) and not isinstance(v, bool):
+                kwargs[k] = float(v)
+        extra = {k: v for k, v in d.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out = dict(self.extra)
+        out.update(d)
+        out.setdefault("architectures", ["BertModel"])
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> EncoderConfig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        path = Path(directory) / "config.json"
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+    "intermediate_size": int, "hidden_act": str, "hidden_dropout_prob": float,
+    "attention_probs_dropout_prob": float, "max_position_embeddings": int, "type_vocab_size": int,
+    "initializer_range": float, "layer_norm_eps": float, "pad_token_id": int,
+    "position_embedding_type": str, "use_cache": bool, "classifier_dropout": float,
+    "model_type": str,
+}
+
+
+def _type_ok(value: Any, want: type) -> bool:
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, want)

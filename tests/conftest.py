@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertkit.hub import resolve_model_dir
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return resolve_model_dir("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir):
+    import bertkit
+
+    return bertkit.load("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def hf_minilm(minilm_dir):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def save_tiny_hf_model(directory: Path, minilm_dir: Path, seed: int = 0, **overrides):
+    """A random tiny BERT saved by transformers itself (weights, config) plus MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    kw = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+              attention_probs_dropout_prob=0.0)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**kw)).eval()
+    model.save_pretrained(directory)
+    copy_tokenizer(minilm_dir, directory)
+    return model
