@@ -128,3 +128,16 @@ def test_bad_path_and_inputs(minilm_dir):
         ours(ids, left_padded, path="unpadded")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ours(torch.ones(1, 513, dtype=torch.long))
+
+
+@pytest.mark.parametrize("path", ["sdpa", "unpadded"])
+def test_fused_inference_equals_autograd_path(minilm_dir, path):
+    """Inference accumulates GEMMs into the residual in place; with grad on, the plain formula runs."""
+    ours, _ = load_pretrained(minilm_dir)
+    ids, mask, tt = padded_batch([6, 19, 19, 40])
+    with torch.inference_mode():
+        fused = ours(ids, mask, tt, path=path).last_hidden_state
+    with torch.enable_grad():
+        plain = ours(ids, mask, tt, path=path).last_hidden_state
+    m = mask.bool()
+    assert (fused[m] - plain[m]).abs().max() <= 1e-5
