@@ -215,6 +215,12 @@ def main() -> None:
             row["x_transformers_sorted"] = row["sorted_tokens_per_s"] / base["sorted_tokens_per_s"]
             # The goal's yardstick: our batches (unsorted or sorted) against transformers on sorted batches.
             row["unsorted_x_transformers_sorted"] = row["unsorted_tokens_per_s"] / base["sorted_tokens_per_s"]
+        # Round by round (the two ran minutes apart at most): robust to the machine's drift.
+        for e, row in summary.items():
+            for mode in ("unsorted", "sorted"):
+                row[f"paired_x_transformers_{mode}"] = statistics.median(
+                    a[f"{mode}_tokens_per_s"] / b[f"{mode}_tokens_per_s"]
+                    for a, b in zip(runs[e], runs["transformers-sdpa"], strict=True))
     report = {
         "benchmark": "embed_throughput",
         "model": "all-MiniLM-L6-v2",
