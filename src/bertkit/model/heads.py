@@ -15,14 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from bertkit.errors import CheckpointError
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel, Pooler
-from bertkit.model.weights import hf_state_dict
-from bertkit.utils.atomic import atomic_path
+from bertkit.model.weights import hf_state_dict, write_safetensors
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 _ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification"}
@@ -89,8 +87,7 @@ class _Head(nn.Module):
             "problem_type": self.problem_type,
         })
         cfg.save(d)
-        with atomic_path(d / "model.safetensors") as tmp:
-            save_file(self.hf_state_dict(), str(tmp), metadata={"format": "pt"})
+        write_safetensors(self.hf_state_dict(), d)
         return d
 
     def load_head_state(self, heads: dict[str, Tensor], source: str = "checkpoint") -> None:

@@ -154,11 +154,16 @@ def hf_state_dict(model: BertModel) -> dict[str, Tensor]:
     return out
 
 
-def save_weights(model: BertModel, directory: str | os.PathLike[str]) -> Path:
+def write_safetensors(state: dict[str, Tensor], directory: str | os.PathLike[str]) -> Path:
+    """Write ``directory/model.safetensors`` atomically (temp file, then rename)."""
     path = Path(directory) / "model.safetensors"
     with atomic_path(path) as tmp:
-        save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
+        save_file(state, str(tmp), metadata={"format": "pt"})
     return path
+
+
+def save_weights(model: BertModel, directory: str | os.PathLike[str]) -> Path:
+    return write_safetensors(hf_state_dict(model), directory)
 
 
 def load_pretrained(directory: str | os.PathLike[str], path: str = "unpadded") -> tuple[BertModel, dict[str, Tensor]]:
