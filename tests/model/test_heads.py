@@ -34,6 +34,7 @@ def test_sequence_classifier_round_trip_through_transformers(minilm_dir, tmp_pat
         logits = head(ids, packing)
     assert logits.shape == (3, 3)
     head.save_pretrained(tmp_path, {0: "neg", 1: "neu", 2: "pos"})
+    assert "id2label" not in enc.config.extra  # saving a head leaves the encoder's config alone
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path).eval()
     assert hf.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
     assert hf.config.problem_type == "single_label_classification"

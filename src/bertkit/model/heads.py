@@ -10,6 +10,7 @@ Saved checkpoints use HF names (``bert.*`` + ``classifier.*``) and HF config key
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -26,19 +27,23 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 _ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification"}
 
 
+def check_problem_type(problem_type: str) -> None:
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"unknown problem_type {problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}")
+
+
 def task_loss(problem_type: str, logits: Tensor, labels: Tensor) -> Tensor:
     """The loss transformers uses for each ``problem_type``.
 
     logits (n, num_labels); labels (n,) int for single-label (-100 = ignore), (n, num_labels) 0/1 float
     for multi-label, (n,) float for regression with num_labels == 1.
     """
+    check_problem_type(problem_type)
     if problem_type == "single_label_classification":
         return F.cross_entropy(logits.float(), labels, ignore_index=-100)
     if problem_type == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-    if problem_type == "regression":
-        return F.mse_loss(logits.float().squeeze(-1), labels.float())
-    raise ValueError(f"unknown problem_type {problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}")
+    return F.mse_loss(logits.float().squeeze(-1), labels.float())  # regression
 
 
 class _Head(nn.Module):
@@ -47,8 +52,7 @@ class _Head(nn.Module):
     def __init__(self, encoder: BertModel, num_labels: int, problem_type: str = "single_label_classification",
                  dropout: float | None = None) -> None:
         super().__init__()
-        if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"unknown problem_type {problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}")
+        check_problem_type(problem_type)
         if problem_type == "regression" and num_labels != 1:
             raise ValueError(f"regression needs num_labels=1, got {num_labels}")
         if num_labels < 1:
@@ -76,11 +80,12 @@ class _Head(nn.Module):
         """Write config.json (with id2label/label2id/problem_type) and model.safetensors, HF layout."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        cfg = self.encoder.config
         labels = id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
         if len(labels) != self.num_labels:
             raise ValueError(f"id2label has {len(labels)} entries for {self.num_labels} labels")
-        cfg.extra.update({
+        # A copy: the encoder's own config stays a plain encoder config.
+        cfg = dataclasses.replace(self.encoder.config, extra={
+            **self.encoder.config.extra,
             "architectures": [_ARCHITECTURES[self.kind]],
             "id2label": {str(i): str(name) for i, name in labels.items()},
             "label2id": {str(name): int(i) for i, name in labels.items()},

@@ -18,10 +18,6 @@ SCHEDULES = ("linear", "cosine", "constant")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    return param.ndim == 1  # biases and LayerNorm weights/biases are the 1-D parameters
-
-
 def _depth(name: str, num_layers: int) -> int:
     """0 for the embeddings, i + 1 for layer i, num_layers + 1 for everything above (pooler, heads)."""
     if "embeddings." in name:
@@ -43,7 +39,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01, layer_
         if not p.requires_grad:
             continue
         depth = _depth(name, num_layers)
-        no_decay = _no_decay(name, p)
+        no_decay = p.ndim == 1  # biases and LayerNorm weights/biases are the 1-D parameters
         key = (depth, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth)
