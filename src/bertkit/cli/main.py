@@ -6,10 +6,11 @@ import argparse
 import logging
 import sys
 
-from bertkit.cli import demo, embed, info
+from bertkit.cli import data, demo, embed, evaluate, finetune, info, predict
 from bertkit.errors import BertkitError
 
-COMMANDS = {"info": info, "embed": embed, "demo": demo}
+COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
+            "data": data, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

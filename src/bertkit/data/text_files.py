@@ -18,7 +18,7 @@ from bertkit.errors import InputFileError
 TEXT_FORMATS = (".txt", ".jsonl", ".csv", ".tsv")
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Decode UTF-8 line by line so a bad byte is reported with its line number."""
     try:
         raw = path.read_bytes()
@@ -44,7 +44,7 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     suffix = path.suffix.lower()
     if suffix not in TEXT_FORMATS:
         raise InputFileError(path, f"unsupported input format {suffix!r}; expected one of {', '.join(TEXT_FORMATS)}")
-    lines = _lines(path)
+    lines = read_lines(path)
     if suffix == ".txt":
         if text_column is not None:
             raise InputFileError(path, "--text-column applies to .jsonl/.csv/.tsv input, not .txt")

@@ -93,6 +93,23 @@ class WordPieceTokenizer:
         n_trunc = sum(1 for e in encs if e.overflowing)
         return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc)
 
+    def encode_words(self, words: list[list[str]], max_length: int = 512) -> tuple[Batch, list[list[int | None]]]:
+        """Tokenize pre-split words (NER); also return, per token, the index of its word (None for specials).
+
+        A word past the truncation point, or one that normalizes to nothing, has no tokens.
+        """
+        for i, w in enumerate(words):
+            if not isinstance(w, list) or not all(isinstance(x, str) for x in w):
+                raise TypeError(f"words[{i}] must be a list of str")
+        with self._lock:
+            self._tok.enable_truncation(max_length, strategy="longest_first")
+            try:
+                encs = self._tok.encode_batch(words, is_pretokenized=True)
+            finally:
+                self._tok.no_truncation()
+        n_trunc = sum(1 for e in encs if e.overflowing)
+        return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc), [e.word_ids for e in encs]
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bertkit.model.dropout import dropout
+
 log = logging.getLogger("bertkit")
 
 PATHS = ("reference", "sdpa", "unpadded")
@@ -133,7 +135,7 @@ def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p:
                                beta=0.0, alpha=scale)  # (n * heads, length, length)
         probs = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
-            probs = F.dropout(probs, dropout_p, training=True)
+            probs = dropout(probs, dropout_p)
         out = torch.bmm(probs, v)  # (n * heads, length, hd)
         ctx[start:end].view(n, length, num_heads, hd).copy_(out.view(n, num_heads, length, hd).transpose(1, 2))
     return ctx.view(t, num_heads * hd)

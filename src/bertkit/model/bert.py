@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bertkit.model.attention import PATHS, Packing, log_path_once, padded_attention, unpadded_attention
 from bertkit.model.config import EncoderConfig
+from bertkit.model.dropout import Dropout
 
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT
@@ -52,7 +53,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         """ids of any shape (...) -> (..., hidden)."""
@@ -76,7 +77,7 @@ class Layer(nn.Module):
         self.mlp_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.act = _ACTIVATIONS[cfg.hidden_act]
         self.act_ = _ACTIVATIONS_INPLACE[cfg.hidden_act]
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, h: Tensor, path: str, mask: Tensor | None, packing: Packing | None) -> Tensor:
         """h: (batch, seq, hidden) for padded paths, (total_tokens, hidden) for unpadded."""

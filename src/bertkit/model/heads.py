@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from bertkit.errors import CheckpointError
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel, Pooler
+from bertkit.model.dropout import Dropout
 from bertkit.model.weights import hf_state_dict, write_safetensors
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -62,7 +63,7 @@ class _Head(nn.Module):
         self.num_labels = num_labels
         self.problem_type = problem_type
         p = cfg.classifier_dropout if dropout is None else dropout
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob if p is None else p)
+        self.dropout = Dropout(cfg.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=cfg.initializer_range)
         nn.init.zeros_(self.classifier.bias)

@@ -1,0 +1,128 @@
+"""Task examples -> token ids and label tensors, and packed (padding-free) batches of them.
+
+Labels per task (what the head's loss expects):
+  classification, pair-classification  class id                       ()            int64
+  multilabel                           multi-hot vector               (num_labels,) float32
+  regression                           target                         ()            float32
+  ner                                  tag id of each word's first    (n_tokens,)   int64, -100 elsewhere
+                                       sub-word, -100 on [CLS]/[SEP] and continuation pieces
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bertkit.data.tasks import TaskData
+from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.model.attention import Packing
+
+IGNORE = -100
+
+
+@dataclass
+class Features:
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    labels: list | None  # per example, see the module docstring; None when unlabelled (prediction)
+    word_ids: list[list[int | None]] | None  # ner: word index of each token
+    n_truncated: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+@dataclass
+class PackedBatch:
+    """Sequences back to back with no padding: ids (total_tokens,), labels per example or per token."""
+
+    input_ids: Tensor  # (total_tokens,)
+    token_type_ids: Tensor  # (total_tokens,)
+    packing: Packing
+    labels: Tensor | None  # (batch,), (batch, num_labels) or (total_tokens,)
+    indices: np.ndarray  # row of each sequence in the Features it came from
+    num_tokens: int  # tokens the encoder runs on
+    num_units: int  # what the loss averages over: examples, or labelled tokens for ner
+
+    def to(self, device: torch.device) -> PackedBatch:
+        if self.input_ids.device == device:
+            return self
+        return dataclasses.replace(
+            self, input_ids=self.input_ids.to(device), token_type_ids=self.token_type_ids.to(device),
+            packing=dataclasses.replace(self.packing, cu_seqlens=self.packing.cu_seqlens.to(device)),
+            labels=None if self.labels is None else self.labels.to(device))
+
+
+def featurize(data: TaskData, tokenizer: WordPieceTokenizer, max_length: int,
+              label2id: dict[str, int] | None) -> Features:
+    """Tokenize a dataset and turn its labels into ids; ``label2id`` None skips the labels."""
+    if data.task == "ner":
+        batch, word_ids = tokenizer.encode_words(data.words or [], max_length)
+        labels = None
+        if label2id is not None:
+            labels = [_align_tags(tags, wids, label2id) for tags, wids in zip(data.labels, word_ids, strict=True)]
+        return Features(batch.ids, batch.type_ids, labels, word_ids, batch.n_truncated)
+    batch = tokenizer.encode(data.texts, data.pairs, max_length)
+    labels = None
+    if label2id is not None and data.labels:
+        if data.task == "regression":
+            labels = [float(y) for y in data.labels]
+        elif data.task == "multilabel":
+            labels = [_multi_hot(y, label2id) for y in data.labels]
+        else:
+            labels = [label2id[str(y)] for y in data.labels]
+    return Features(batch.ids, batch.type_ids, labels, None, batch.n_truncated)
+
+
+def _align_tags(tags: Sequence[str], word_ids: Sequence[int | None], label2id: dict[str, int]) -> list[int]:
+    """First sub-word of each word carries the word's tag; every other token is ignored by the loss."""
+    out, prev = [], None
+    for w in word_ids:
+        out.append(label2id[tags[w]] if w is not None and w != prev else IGNORE)
+        prev = w
+    return out
+
+
+def _multi_hot(names: Sequence[str], label2id: dict[str, int]) -> list[float]:
+    v = [0.0] * len(label2id)
+    for name in names:
+        v[label2id[name]] = 1.0
+    return v
+
+
+def make_batch(features: Features, indices: Sequence[int] | np.ndarray) -> PackedBatch:
+    idx = np.asarray(indices, dtype=np.int64)
+    lengths = [len(features.ids[i]) for i in idx]
+    ids = torch.tensor([t for i in idx for t in features.ids[i]], dtype=torch.long)
+    types = torch.tensor([t for i in idx for t in features.type_ids[i]], dtype=torch.long)
+    labels, units = None, len(idx)
+    if features.labels is not None:
+        if features.word_ids is not None:  # ner: one label per token
+            labels = torch.tensor([t for i in idx for t in features.labels[i]], dtype=torch.long)
+            units = int((labels != IGNORE).sum())
+        else:
+            rows = [features.labels[i] for i in idx]
+            labels = torch.tensor(rows, dtype=torch.float32 if isinstance(rows[0], float | list) else torch.long)
+    return PackedBatch(ids, types, Packing.from_lengths(lengths), labels, idx, int(sum(lengths)), units)
+
+
+def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int) -> list[PackedBatch]:
+    """One epoch of training batches in a random order fixed by (seed, epoch), so a resumed run sees
+    exactly the batches an uninterrupted one would."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(features))
+    return [make_batch(features, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def sorted_batches(features: Features, batch_size: int) -> list[PackedBatch]:
+    """Batches for inference, longest first: similar lengths share a batch, so attention runs are long."""
+    order = np.argsort(-features.lengths, kind="stable")
+    return [make_batch(features, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]

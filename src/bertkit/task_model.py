@@ -1,0 +1,251 @@
+"""``TaskModel``: an encoder with a task head and its tokenizer; ``predict``, ``evaluate``, ``save_pretrained``.
+
+A saved task model is a Hugging Face directory (``config.json`` with ``id2label``/``label2id``/
+``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, tokenizer files) that
+``BertForSequenceClassification`` / ``BertForTokenClassification`` load with the same predictions,
+plus ``bertkit_task.json`` (task name, max_length). ``load_task_model`` also reads directories
+written by transformers itself; the task is then inferred from the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bertkit.data.features import Features, PackedBatch, featurize, sorted_batches
+from bertkit.data.tasks import TASKS, TaskData
+from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.encoder import pick_device
+from bertkit.errors import CheckpointError
+from bertkit.model.bert import BertModel
+from bertkit.model.heads import SequenceClassifier, TokenClassifier
+from bertkit.model.weights import load_pretrained
+from bertkit.train import metrics as M
+from bertkit.utils.atomic import atomic_write_text
+from bertkit.utils.runtime import tune_allocator
+
+log = logging.getLogger("bertkit")
+
+TASK_FILE = "bertkit_task.json"
+PROBLEM_TYPE = {"classification": "single_label_classification", "pair-classification": "single_label_classification",
+                "multilabel": "multi_label_classification", "regression": "regression",
+                "ner": "single_label_classification"}
+# The metric that picks the best checkpoint, and whether larger is better.
+MAIN_METRIC = {"classification": ("accuracy", True), "pair-classification": ("accuracy", True),
+               "multilabel": ("micro_f1", True), "regression": ("pearson", True), "ner": ("f1", True)}
+MULTILABEL_THRESHOLD = 0.5
+
+
+def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassifier | TokenClassifier:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task == "ner":
+        return TokenClassifier(encoder, num_labels)
+    return SequenceClassifier(encoder, 1 if task == "regression" else num_labels, PROBLEM_TYPE[task])
+
+
+class TaskModel:
+    def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: WordPieceTokenizer, task: str,
+                 labels: Sequence[str], max_length: int, directory: Path | None = None) -> None:
+        self.head = head
+        self.tokenizer = tokenizer
+        self.task = task
+        self.labels = list(labels)  # id -> name; [] for regression
+        self.label2id = {name: i for i, name in enumerate(self.labels)}
+        self.max_length = max_length
+        self.directory = directory
+
+    # ---- load / save ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None,
+                        path: str = "unpadded") -> TaskModel:
+        d = Path(directory)
+        if not d.is_dir():
+            raise CheckpointError(f"{d}: not a directory")
+        if pick_device(device).type == "cpu":
+            tune_allocator()
+        encoder, heads = load_pretrained(d, path=path)
+        extra = encoder.config.extra
+        meta = json.loads((d / TASK_FILE).read_text(encoding="utf-8")) if (d / TASK_FILE).is_file() else {}
+        task = meta.get("task") or _infer_task(d, extra)
+        id2label = extra.get("id2label") or {}
+        labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if task != "regression" else []
+        encoder.config.extra = {k: v for k, v in extra.items()
+                                if k not in ("id2label", "label2id", "problem_type", "architectures")}
+        head = build_head(encoder, task, max(len(labels), 1))
+        head.load_head_state(heads, source=str(d))
+        head.to(pick_device(device)).eval()
+        max_length = int(meta.get("max_length") or min(512, encoder.config.max_position_embeddings))
+        return cls(head, WordPieceTokenizer.from_dir(d), task, labels, max_length, d)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: bool = True) -> Path:
+        d = Path(directory)
+        id2label = {i: name for i, name in enumerate(self.labels)} if self.labels else None
+        self.head.save_pretrained(d, id2label)
+        if tokenizer:
+            self.tokenizer.save(d)
+        atomic_write_text(d / TASK_FILE, json.dumps({"task": self.task, "max_length": self.max_length,
+                                                     "labels": self.labels}, indent=2) + "\n")
+        return d
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    # ---- batches and logits ---------------------------------------------------------------
+    def featurize(self, data: TaskData, with_labels: bool = True) -> Features:
+        if data.task != self.task and {data.task, self.task} != {"classification", "pair-classification"}:
+            raise ValueError(f"{data.source}: data is for task {data.task!r}, this model does {self.task!r}")
+        feats = featurize(data, self.tokenizer, self.max_length, self.label2id if with_labels else None)
+        if feats.n_truncated:
+            log.warning("%s: %d of %d examples were longer than max_length=%d tokens and were truncated",
+                        data.source, feats.n_truncated, len(feats), self.max_length)
+        return feats
+
+    def loss(self, head: torch.nn.Module, batch: PackedBatch) -> Tensor:
+        """Mean loss of one batch (the training engine's ``loss_fn``)."""
+        logits = head(batch.input_ids, batch.packing, batch.token_type_ids)
+        if batch.num_units == 0:  # every token of the batch is ignored: nothing to learn from
+            return logits.sum() * 0.0
+        return head.loss(logits, batch.labels)
+
+    @torch.no_grad()
+    def _logits(self, feats: Features, batch_size: int) -> tuple[list[np.ndarray], float]:
+        """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss."""
+        self.head.eval()
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
+        loss_sum, units = 0.0, 0
+        for b in sorted_batches(feats, batch_size):
+            b = b.to(self.device)
+            logits = self.head(b.input_ids, b.packing, b.token_type_ids).float()
+            if b.labels is not None and b.num_units:
+                loss_sum += float(self.head.loss(logits, b.labels)) * b.num_units
+                units += b.num_units
+            arr = logits.cpu().numpy()
+            if self.task == "ner":
+                cu = b.packing.cu_seqlens.tolist()
+                for j, i in enumerate(b.indices):
+                    out[i] = arr[cu[j]:cu[j + 1]]
+            else:
+                for j, i in enumerate(b.indices):
+                    out[i] = arr[j]
+        return out, loss_sum / max(units, 1)
+
+    # ---- public API -----------------------------------------------------------------------
+    def evaluate(self, data: TaskData | Features, batch_size: int = 64,
+                 gold: TaskData | None = None) -> dict[str, float]:
+        """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
+        if isinstance(data, TaskData):
+            gold, feats = data, self.featurize(data)
+        else:
+            feats = data
+        if gold is None:
+            raise ValueError("evaluate(features) needs gold=TaskData")
+        logits, loss = self._logits(feats, batch_size)
+        out: dict[str, float] = {"loss": loss}
+        if self.task == "regression":
+            pred = np.array([float(x[0]) for x in logits])
+            true = np.array(gold.labels, dtype=float)
+            out.update(pearson=M.pearson(true, pred), spearman=M.spearman(true, pred),
+                       mse=float(np.mean((pred - true) ** 2)))
+        elif self.task == "multilabel":
+            pred = np.stack([1 / (1 + np.exp(-x)) >= MULTILABEL_THRESHOLD for x in logits]).astype(int)
+            true = np.array(feats.labels, dtype=int)
+            out.update(micro_f1=M.f1(true, pred, "micro"), macro_f1=M.f1(true, pred, "macro"),
+                       subset_accuracy=float(np.mean((pred == true).all(axis=1))))
+        elif self.task == "ner":
+            pred_tags = self._word_tags(logits, feats)
+            out.update(M.entity_scores(gold.labels, pred_tags))
+            flat_true = [t for s in gold.labels for t in s]
+            flat_pred = [t for s in pred_tags for t in s]
+            out["token_accuracy"] = M.accuracy(flat_true, flat_pred)
+        else:
+            pred = np.array([int(x.argmax()) for x in logits])
+            true = np.array(feats.labels)
+            out.update(accuracy=M.accuracy(true, pred), macro_f1=M.f1(true, pred, "macro"),
+                       micro_f1=M.f1(true, pred, "micro"), mcc=M.matthews_corrcoef(true, pred))
+        return out
+
+    def _word_tags(self, logits: list[np.ndarray], feats: Features) -> list[list[str]]:
+        """Token logits -> one tag per word (its first sub-word's); words without tokens get "O"."""
+        assert feats.word_ids is not None
+        result = []
+        for tok_logits, wids in zip(logits, feats.word_ids, strict=True):
+            n_words = max((w for w in wids if w is not None), default=-1) + 1
+            tags, prev = {}, None
+            for t, w in enumerate(wids):
+                if w is not None and w != prev:
+                    tags[w] = self.labels[int(tok_logits[t].argmax())]
+                prev = w
+            result.append([tags.get(w, "O") for w in range(n_words)])
+        return result
+
+    def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
+                batch_size: int = 64) -> list[dict[str, Any]]:
+        """Predictions in input order.
+
+        classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
+        regression: {"score"}   ner: texts are word lists (or strings, split on whitespace) ->
+        {"words", "tags", "entities": [{"type", "start", "end", "text"}]}  (end exclusive, in words)
+        """
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts; wrap a single text in a list")
+        if not texts:
+            return []
+        if self.task == "ner":
+            words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+            data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
+        else:
+            if self.task == "pair-classification" and pairs is None:
+                raise ValueError("this model classifies text pairs: pass pairs=[...]")
+            data = TaskData(self.task, list(texts), None if pairs is None else list(pairs),
+                            [], None, "input")
+        feats = self.featurize(data, with_labels=False)
+        logits, _ = self._logits(feats, batch_size)
+        if self.task == "ner":
+            out = []
+            for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
+                tags = tags + ["O"] * (len(w) - len(tags))  # words cut off by truncation
+                ents = [{"type": t, "start": s, "end": e, "text": " ".join(w[s:e])}
+                        for t, s, e in sorted(M.entity_spans(tags), key=lambda x: x[1])]
+                out.append({"words": w, "tags": tags, "entities": ents})
+            return out
+        if self.task == "regression":
+            return [{"score": float(x[0])} for x in logits]
+        if self.task == "multilabel":
+            probs = [1 / (1 + np.exp(-x)) for x in logits]
+            return [{"labels": [self.labels[i] for i in np.flatnonzero(p >= MULTILABEL_THRESHOLD)],
+                     "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}}
+                    for p in probs]
+        result = []
+        for x in logits:
+            p = np.exp(x - x.max())
+            p /= p.sum()
+            result.append({"label": self.labels[int(p.argmax())],
+                           "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
+        return result
+
+
+def _infer_task(d: Path, extra: dict[str, Any]) -> str:
+    arch = (extra.get("architectures") or [""])[0]
+    problem = extra.get("problem_type") or "single_label_classification"
+    if arch == "BertForTokenClassification":
+        return "ner"
+    if arch == "BertForSequenceClassification":
+        return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem,
+                                                                                            "classification")
+    raise CheckpointError(f"{d}: not a task model (config.json architectures={extra.get('architectures')}, "
+                          f"no {TASK_FILE}); fine-tune one with `bertkit finetune`")
+
+
+def load_task_model(directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TaskModel:
+    """Load a fine-tuned model directory (ours or a transformers BertFor{Sequence,Token}Classification)."""
+    return TaskModel.from_pretrained(directory, device=device)

@@ -1,0 +1,230 @@
+"""Fine-tuning: data -> task model -> training engine -> best model on disk -> test metrics.
+
+The output directory holds everything a run produces:
+  config.json, model.safetensors, tokenizer files, bertkit_task.json   the best model (HF layout)
+  checkpoints/step-*.pt                                                 the last K training checkpoints
+  metrics.jsonl, training_curve.png                                     the curve, appended as it runs
+  finetune_config.json, results.json                                    what was asked, what came out
+
+Stability options (Mosbach et al. 2021; Zhang et al. 2021 "Revisiting few-sample BERT fine-tuning"),
+all off by default: layer-wise LR decay, re-initialising the top k layers, freezing the embeddings
+and the bottom k layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertkit.data.features import shuffled_batches
+from bertkit.data.tasks import TASKS, TaskData, check_known_labels, load_builtin, read_task_file, split_dataset
+from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.encoder import pick_device
+from bertkit.errors import BertkitError
+from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.model.bert import BertModel
+from bertkit.model.weights import load_pretrained
+from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
+from bertkit.train.checkpoint import checkpoint_dir
+from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
+from bertkit.utils.atomic import atomic_write_text
+from bertkit.utils.runtime import tune_allocator
+
+log = logging.getLogger("bertkit")
+
+CONFIG_FILE = "finetune_config.json"
+RESULTS_FILE = "results.json"
+_OUR_FILES = ("config.json", "model.safetensors", "bertkit_task.json", METRICS_FILE, CURVE_FILE, CONFIG_FILE,
+              RESULTS_FILE)
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = "classification"
+    model: str = DEFAULT_MODEL  # built-in name or local HF directory
+    dataset: str | None = None  # built-in dataset name, or:
+    train_file: str | None = None
+    eval_file: str | None = None
+    test_file: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    label_separator: str = "|"
+    max_length: int = 128
+    reinit_layers: int = 0  # re-initialise the top k encoder layers (and the pooler)
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # freeze the bottom k encoder layers
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        """From a plain mapping (a YAML recipe or kwargs); unknown keys are an error naming them."""
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        own = {f.name for f in dataclasses.fields(cls)} - {"training"}
+        nested = dict(d.get("training") or {})
+        flat = {}
+        for k, v in d.items():
+            if k == "training":
+                continue
+            if k in own:
+                flat[k] = v
+            elif k in train_fields:
+                nested[k] = v
+            else:
+                raise ValueError(f"unknown fine-tuning setting {k!r}")
+        if "time_budget" in nested:
+            nested["time_budget"] = parse_duration(nested["time_budget"])
+        unknown = set(nested) - train_fields
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return cls(**flat, training=TrainConfig(**nested))
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    state: TrainState
+    dev: dict[str, float] | None
+    test: dict[str, float] | None
+    model: TaskModel
+
+
+def load_splits(cfg: FinetuneConfig) -> dict[str, TaskData]:
+    """train/dev(/test) for a built-in dataset, or from files; a seeded stratified split where none is given."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    if cfg.dataset:
+        if cfg.train_file:
+            raise ValueError("give either a built-in dataset or --train FILE, not both")
+        splits = load_builtin(cfg.dataset, seed=cfg.training.seed)
+        task = next(iter(splits.values())).task
+        if task != cfg.task and {task, cfg.task} != {"classification", "pair-classification"}:
+            raise ValueError(f"dataset {cfg.dataset!r} is a {task} dataset, not {cfg.task}; use --task {task}")
+        return splits
+    if not cfg.train_file:
+        raise ValueError("no training data: give --dataset NAME or --train FILE")
+    kw = dict(task=cfg.task, text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
+              label_column=cfg.label_column, label_separator=cfg.label_separator)
+    train = read_task_file(cfg.train_file, **kw)
+    if cfg.eval_file:
+        splits = {"train": train, "dev": read_task_file(cfg.eval_file, **kw)}
+        if cfg.test_file:
+            splits["test"] = read_task_file(cfg.test_file, **kw)
+        return splits
+    splits = split_dataset(train, seed=cfg.training.seed)
+    log.info("no --eval file: split %s into train/dev/test %d/%d/%d (stratified, seed %d)", cfg.train_file,
+             len(splits["train"]), len(splits["dev"]), len(splits["test"]), cfg.training.seed)
+    return splits
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BertkitError(f"--output {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (resume or overwrite):
+        raise BertkitError(f"--output {output_dir} exists and is not empty; pass --resume to continue the run "
+                           "in it or --overwrite to start over")
+    if overwrite and not resume and output_dir.is_dir():
+        # Only what a run writes: never wipe a directory the user pointed at by mistake.
+        shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
+        for name in _OUR_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def apply_stability_options(encoder: BertModel, cfg: FinetuneConfig) -> None:
+    n = len(encoder.layers)
+    for name, k in (("reinit_layers", cfg.reinit_layers), ("freeze_layers", cfg.freeze_layers)):
+        if not 0 <= k <= n:
+            raise ValueError(f"{name}={k}: the model has {n} layers")
+    if cfg.reinit_layers:
+        for layer in encoder.layers[n - cfg.reinit_layers:]:
+            layer.apply(encoder._init_weights)
+        if encoder.pooler is not None:
+            encoder.pooler.apply(encoder._init_weights)
+        log.info("re-initialised the top %d layers and the pooler", cfg.reinit_layers)
+    frozen = ([encoder.embeddings] if cfg.freeze_embeddings else []) + list(encoder.layers[:cfg.freeze_layers])
+    for module in frozen:
+        module.requires_grad_(False)
+    if frozen:
+        log.info("froze %s%d bottom layers", "the embeddings and " if cfg.freeze_embeddings else "",
+                 cfg.freeze_layers)
+
+
+def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None = None, *, resume: bool = False,
+             overwrite: bool = False, callbacks: tuple = (), **settings: Any) -> FinetuneResult:
+    """Fine-tune an encoder on a task; see ``FinetuneConfig`` and ``TrainConfig`` for ``settings``.
+
+    >>> finetune("runs/bbc", task="classification", dataset="bbc-news", epochs=2, time_budget="10m")
+    """
+    cfg = config or FinetuneConfig.from_dict(settings)
+    if config is not None and settings:
+        raise ValueError("pass either config= or keyword settings, not both")
+    tcfg = cfg.training
+    tcfg.validate()
+    if tcfg.metric == "loss" and cfg.task in MAIN_METRIC:  # the default: the task's own metric
+        tcfg.metric, tcfg.greater_is_better = MAIN_METRIC[cfg.task]
+    out = Path(output_dir)
+    splits = load_splits(cfg)  # data errors come before any model is built or file is touched
+    train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
+    if len(train) == 0:
+        raise BertkitError(f"{train.source}: the training set is empty")
+    for other in (dev, test):
+        if other is not None and len(other):
+            check_known_labels(train, other)
+    prepare_output_dir(out, resume, overwrite)
+
+    model_dir = resolve_model_dir(cfg.model)
+    device = pick_device(tcfg.device)
+    if device.type == "cpu":
+        tune_allocator()
+    torch.manual_seed(tcfg.seed)  # the head's initial weights
+    encoder, _ = load_pretrained(model_dir)
+    encoder.config.extra = {k: v for k, v in encoder.config.extra.items()
+                            if k not in ("id2label", "label2id", "problem_type", "architectures")}
+    labels = train.label_names() if cfg.task != "regression" else []
+    head = build_head(encoder, cfg.task, max(len(labels), 1))
+    apply_stability_options(encoder, cfg)
+    tm = TaskModel(head, WordPieceTokenizer.from_dir(model_dir), cfg.task, labels,
+                   min(cfg.max_length, encoder.config.max_position_embeddings), out)
+    train_feats = tm.featurize(train)
+    dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
+    atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2) + "\n")
+    tm.tokenizer.save(out)
+
+    fingerprint = {"task": cfg.task, "model": str(model_dir), "labels": labels, "train_examples": len(train),
+                   "max_length": tm.max_length, "reinit_layers": cfg.reinit_layers,
+                   "freeze_embeddings": cfg.freeze_embeddings, "freeze_layers": cfg.freeze_layers,
+                   "encoder": encoder.config.to_dict()}
+    log.info("fine-tuning %s on %s: %d train / %d dev examples, %d labels, max_length %d", model_dir.name,
+             cfg.dataset or cfg.train_file, len(train), len(dev) if dev is not None else 0, len(labels),
+             tm.max_length)
+    trainer = Trainer(
+        head, tcfg,
+        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch),
+        loss_fn=tm.loss, output_dir=out,
+        evaluate=(lambda _m: tm.evaluate(dev_feats, gold=dev)) if dev_feats is not None else None,
+        on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
+        fingerprint=fingerprint, callbacks=callbacks)
+    t0 = time.perf_counter()
+    state = trainer.fit(resume=resume)
+    if dev_feats is None:
+        tm.save_pretrained(out, tokenizer=False)  # no dev set to pick a best model: keep the last one
+    best = TaskModel.from_pretrained(out, device=device)
+    dev_metrics = best.evaluate(dev) if dev is not None and len(dev) else None
+    test_metrics = best.evaluate(test) if test is not None and len(test) else None
+    results = {"task": cfg.task, "dataset": cfg.dataset or cfg.train_file, "stopped": state.stopped,
+               "steps": state.step, "best_step": state.best_step, "train_seconds": round(state.elapsed, 1),
+               "wall_seconds": round(time.perf_counter() - t0, 1), "train_tokens": state.tokens,
+               "train_tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
+               "dev": dev_metrics, "test": test_metrics}
+    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    return FinetuneResult(out, state, dev_metrics, test_metrics, best)
