@@ -162,7 +162,9 @@ class TaskModel:
             out.update(micro_f1=M.f1(true, pred, "micro"), macro_f1=M.f1(true, pred, "macro"),
                        subset_accuracy=float(np.mean((pred == true).all(axis=1))))
         elif self.task == "ner":
-            pred_tags = self._word_tags(logits, feats)
+            # words cut off by truncation (or that tokenize to nothing) have no prediction: "O", as in predict()
+            pred_tags = [tags + ["O"] * (len(true) - len(tags))
+                         for tags, true in zip(self._word_tags(logits, feats), gold.labels, strict=True)]
             out.update(M.entity_scores(gold.labels, pred_tags))
             flat_true = [t for s in gold.labels for t in s]
             flat_pred = [t for s in pred_tags for t in s]

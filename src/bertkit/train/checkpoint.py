@@ -67,7 +67,9 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a bertkit checkpoint (format version "
                               f"{state.get('format_version') if isinstance(state, dict) else None}, "
                               f"expected {FORMAT_VERSION})")
-    saved = state.get("fingerprint", {})
+    # Compare nested settings (the training config, the encoder config) key by key, so that the
+    # message names the setting that differs, not a whole truncated dict.
+    saved, fingerprint = _flatten(state.get("fingerprint", {})), _flatten(fingerprint)
     diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
     if diff:
         detail = "; ".join(f"{k}: checkpoint {_short(saved.get(k))}, now {_short(fingerprint.get(k))}"
@@ -75,6 +77,17 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint is from a run with different settings ({detail}); "
                               "resume with the original settings or start a new output directory")
     return state
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _short(value: Any) -> str:

@@ -189,6 +189,9 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise_incompatible(found[-1], e)
         self.state = TrainState(**ckpt["state"])
+        budget = self.config.time_budget
+        if self.state.stopped == "time budget" and not (budget and self.state.elapsed >= budget):
+            self.state.stopped = ""  # resumed with a larger budget (or none): the run goes on
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -221,7 +224,8 @@ class Trainer:
             epoch_batches = self.batches(st.epoch)
             while st.micro < len(epoch_batches) and st.step < self.total_steps and not st.stopped:
                 group = epoch_batches[st.micro:st.micro + cfg.grad_accum]
-                units = sum(b.num_units for b in group)
+                # 0 when no token of the group carries a label (ner: words that tokenize to nothing)
+                units = sum(b.num_units for b in group) or 1
                 self._set_lr()
                 step_loss = 0.0
                 for b in group:
@@ -347,7 +351,8 @@ class Trainer:
 def raise_incompatible(path: Path, error: Exception) -> None:
     from bertkit.errors import CheckpointError
 
-    first = str(error).strip().splitlines()[0][:300]
+    # torch's first line is only "Error(s) in loading state_dict for X:"; the mismatch follows on the next ones
+    first = " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:300]
     raise CheckpointError(f"{path}: checkpoint does not fit this model/optimizer ({first})") from None
 
 
