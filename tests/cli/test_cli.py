@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from bertkit.cli.main import main
 
@@ -86,6 +87,23 @@ def test_console_script_end_to_end(tmp_path):
 
 
 def test_demo_runs_on_a_slice(capsys):
-    assert main(["demo", "--limit", "60", "-k", "2", "--query", "oil prices"]) == 0
+    assert main(["demo", "--limit", "60", "-k", "2", "--query", "oil prices", "--skip-finetune"]) == 0
     out = capsys.readouterr().out
     assert "query: oil prices" in out and "tokens/s" in out and "  1. [" in out
+
+
+def test_demo_finetune_part_on_a_tiny_model(minilm_dir, tmp_path, capsys):
+    """The fine-tuning half of the demo: budgeted run, test accuracy, confusion matrix, headlines."""
+    from tests.conftest import save_tiny_hf_model
+
+    save_tiny_hf_model(tmp_path / "tiny", minilm_dir)
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--skip-search", "--model", str(tmp_path / "tiny"), "--time-budget", "3s",
+                     "--output", str(tmp_path / "run")]) == 0
+    finally:
+        torch.set_num_threads(2)
+    out = capsys.readouterr().out
+    assert "stopped: time budget" in out and "test accuracy" in out
+    assert "confusion matrix" in out and out.count("Central bank raises interest rates") == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()

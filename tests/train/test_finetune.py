@@ -291,3 +291,19 @@ def test_resume_after_finish_changes_nothing(tmp_path, tiny):
     assert again.state.step == first.state.step == 3
     assert (out / "metrics.jsonl").read_text() == before
     assert again.dev == pytest.approx(first.dev)
+
+
+def test_named_metric_picks_the_best_and_config_is_not_changed(tmp_path, tiny):
+    """--metric loss keeps the lowest-loss eval (lower is better for losses); the caller's config stays as given."""
+    from bertkit.train.finetune import FinetuneConfig
+
+    train, dev = data_files(tmp_path, "classification")
+    cfg = FinetuneConfig.from_dict(dict(task="classification", model=str(tiny), train_file=str(train),
+                                        eval_file=str(dev), max_steps=4, eval_every=1, batch_size=4, lr=1e-3,
+                                        progress=False, metric="loss"))
+    result = finetune(tmp_path / "out", cfg)
+    assert cfg.training.metric == "loss" and cfg.training.greater_is_better is None
+    with open(tmp_path / "out" / "metrics.jsonl") as f:
+        losses = [r["loss"] for r in map(json.loads, f) if r["kind"] == "eval"]
+    assert result.state.best == pytest.approx(min(losses))
+    assert result.state.best_step == 1 + losses.index(min(losses))

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except (BertkitError, ValueError, TypeError) as e:
+    except (BertkitError, ValueError, TypeError, FloatingPointError) as e:
         # User-facing errors carry their own message; no traceback from deep inside torch.
         if args.verbose:
             raise

@@ -40,6 +40,7 @@ from bertkit.utils.atomic import atomic_write_text
 log = logging.getLogger("bertkit")
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LOWER_IS_BETTER = ("loss", "mse", "mae")
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
 
@@ -58,8 +59,8 @@ class TrainConfig:
     layer_decay: float = 1.0  # < 1: layer-wise LR decay
     seed: int = 42
     eval_every: int | None = None  # optimizer steps; None: at the end of each epoch
-    metric: str = "loss"  # eval metric for keep-best and early stopping
-    greater_is_better: bool = False
+    metric: str | None = None  # eval metric for keep-best and early stopping (None: the trainer's default)
+    greater_is_better: bool | None = None  # None: False for loss/mse/mae, True for anything else
     patience: int | None = None  # early stopping after this many evals without improvement
     time_budget: float | None = None  # seconds of training, counted across resumes
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
@@ -150,6 +151,9 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.metrics_file = self.output_dir / METRICS_FILE
         self.autocast_dtype = pick_precision(config.precision, self.device)
+        self.metric = config.metric or "loss"
+        self.greater_is_better = (config.greater_is_better if config.greater_is_better is not None
+                                  else self.metric not in LOWER_IS_BETTER)
         # Settings that must match for a checkpoint to be resumed (the budget and logging may change).
         run = {k: v for k, v in asdict(config).items()
                if k not in ("time_budget", "progress", "log_every", "device", "keep_checkpoints")}
@@ -210,8 +214,9 @@ class Trainer:
             torch.manual_seed(cfg.seed)  # dropout draws; the data order is seeded per epoch by the caller
             self.metrics_file.unlink(missing_ok=True)
         st = self.state
-        log.info("training on %s (%s): %d steps = %.2f epochs x %d steps, %d micro-batches of %d, accumulation %d",
-                 self.device, "bf16 autocast" if self.autocast_dtype else "fp32", self.total_steps,
+        log.info("training on %s (%s, %s AdamW): %d steps = %.2f epochs x %d steps, %d micro-batches of %d, "
+                 "accumulation %d", self.device, "bf16 autocast" if self.autocast_dtype else "fp32",
+                 "fused" if self.optimizer.defaults.get("fused") else "per-tensor", self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.steps_per_epoch, self.micro_per_epoch,
                  cfg.batch_size, cfg.grad_accum)
         self.model.train()
@@ -286,7 +291,7 @@ class Trainer:
         self.plot()
         log.info("training stopped (%s) at step %d after %.0f s, %d tokens (%.0f tokens/s)%s", st.stopped, st.step,
                  st.elapsed, st.tokens, st.tokens / max(st.elapsed, 1e-9),
-                 f"; best {cfg.metric}={st.best:.4f} at step {st.best_step}" if st.best is not None else "")
+                 f"; best {self.metric}={st.best:.4f} at step {st.best_step}" if st.best is not None else "")
         return st
 
     def _set_lr(self) -> None:
@@ -317,13 +322,13 @@ class Trainer:
                                              enabled=self.autocast_dtype is not None):
             metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
         self.model.train()
-        if cfg.metric not in metrics:
-            raise ValueError(f"metric {cfg.metric!r} is not among the eval metrics: {', '.join(metrics)}")
+        if self.metric not in metrics:
+            raise ValueError(f"metric {self.metric!r} is not among the eval metrics: {', '.join(metrics)}")
         record = {"kind": "eval", "step": st.step, "epoch": round(self._epoch_float(), 4), **metrics}
         self._append(record)
         st.history.append(record)
-        value = metrics[cfg.metric]
-        better = st.best is None or (value > st.best if cfg.greater_is_better else value < st.best)
+        value = metrics[self.metric]
+        better = st.best is None or (value > st.best if self.greater_is_better else value < st.best)
         log.info("eval at step %d: %s%s", st.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
                  " (best so far)" if better else "")
         if better:
@@ -343,7 +348,7 @@ class Trainer:
     def plot(self) -> None:
         try:
             plot_training_curve(self.metrics_file, self.output_dir / CURVE_FILE,
-                                None if self.config.metric == "loss" else self.config.metric)
+                                None if self.metric == "loss" else self.metric)
         except Exception as e:  # a plot must never cost the run
             log.warning("could not draw %s: %s", CURVE_FILE, e)
 

@@ -168,10 +168,11 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     cfg = config or FinetuneConfig.from_dict(settings)
     if config is not None and settings:
         raise ValueError("pass either config= or keyword settings, not both")
-    tcfg = cfg.training
-    tcfg.validate()
-    if tcfg.metric == "loss" and cfg.task in MAIN_METRIC:  # the default: the task's own metric
-        tcfg.metric, tcfg.greater_is_better = MAIN_METRIC[cfg.task]
+    cfg.training.validate()
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
+    tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])
     out = Path(output_dir)
     splits = load_splits(cfg)  # data errors come before any model is built or file is touched
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
