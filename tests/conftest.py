@@ -11,6 +11,16 @@ from bertkit.hub import resolve_model_dir
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """For tests on tiny models: they gain nothing from threads, and two threads on a busy 2-core machine
+    stall for seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return resolve_model_dir("all-MiniLM-L6-v2")

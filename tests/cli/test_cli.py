@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from bertkit.cli.main import main
 
@@ -92,17 +91,13 @@ def test_demo_runs_on_a_slice(capsys):
     assert "query: oil prices" in out and "tokens/s" in out and "  1. [" in out
 
 
-def test_demo_finetune_part_on_a_tiny_model(minilm_dir, tmp_path, capsys):
+def test_demo_finetune_part_on_a_tiny_model(minilm_dir, tmp_path, capsys, one_thread):
     """The fine-tuning half of the demo: budgeted run, test accuracy, confusion matrix, headlines."""
     from tests.conftest import save_tiny_hf_model
 
     save_tiny_hf_model(tmp_path / "tiny", minilm_dir)
-    torch.set_num_threads(1)
-    try:
-        assert main(["demo", "--skip-search", "--model", str(tmp_path / "tiny"), "--time-budget", "3s",
-                     "--output", str(tmp_path / "run")]) == 0
-    finally:
-        torch.set_num_threads(2)
+    assert main(["demo", "--skip-search", "--model", str(tmp_path / "tiny"), "--time-budget", "3s",
+                 "--output", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "stopped: time budget" in out and "test accuracy" in out
     assert "confusion matrix" in out and out.count("Central bank raises interest rates") == 1

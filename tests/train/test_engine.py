@@ -23,13 +23,7 @@ from bertkit.train.optim import lr_factor
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine stall for seconds.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- toy regression: a linear model on hand-built batches ------------------------------------------------

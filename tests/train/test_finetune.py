@@ -18,13 +18,7 @@ from tests.conftest import save_tiny_hf_model
 WORDS = "good great love best music film game war death king river water night school city team".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads, and two threads on a busy 2-core machine stall for seconds.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,6 @@ or ``.jsonl``/``.parquet`` with list columns ``tokens`` and ``tags``. Every erro
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import re
@@ -30,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bertkit.data.corpora import BBC_REQUIREMENT, load_bbc_news, package_dir
-from bertkit.data.text_files import read_lines
+from bertkit.data.text_files import read_lines, read_records
 from bertkit.errors import BertkitError, InputFileError
 
 log = logging.getLogger("bertkit")
@@ -126,52 +123,6 @@ def _fail(path: object, where: str, problem: str) -> InputFileError:
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-
-
-def _table_records(path: Path, lines: list[str], suffix: str,
-                   columns: list[str]) -> list[tuple[str, list[object]]]:
-    """Rows of a .csv/.tsv/.jsonl file as (where, values of `columns`); a missing JSON field is None."""
-    records: list[tuple[str, list[object]]] = []
-    if suffix == ".jsonl":
-        seen: dict[str, None] = {}  # field names in first-seen order, for the missing-column message
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
-            if not isinstance(obj, dict):
-                raise InputFileError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
-            seen.update(dict.fromkeys(obj))
-            records.append((f"line {n}", [obj.get(c) for c in columns]))
-        for c in columns:
-            if records and c not in seen:
-                raise InputFileError(path, f"no field {c!r} in any object (fields: {', '.join(seen) or 'none'})")
-        return records
-    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter="\t" if suffix == ".tsv" else ",")
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputFileError(path, "empty file, expected a header row") from None
-    for c in columns:
-        if c not in header:
-            raise InputFileError(path, f"no column {c!r} in the header (columns: {', '.join(header)})", line=1)
-    index = [header.index(c) for c in columns]
-    while True:
-        start = reader.line_num + 1  # a quoted cell may span lines: report the line the row starts on
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise InputFileError(path, f"malformed CSV ({e})", line=start) from None
-        if not row:
-            continue
-        if max(index) >= len(row):
-            raise InputFileError(path, f"row has {len(row)} fields, the header has {len(header)}", line=start)
-        records.append((f"line {start}", [row[i] for i in index]))
-    return records
 
 
 def _parquet_records(path: Path, columns: list[str]) -> list[tuple[str, list[object]]]:
@@ -401,7 +352,7 @@ def read_task_file(path: str | Path, task: str, text_column: str | None = None, 
             return read_conll(path, read_lines(path))
         columns = [text_column or "tokens", label_column or "tags"]
         if suffix == ".jsonl":
-            return _ner_examples(path, _table_records(path, read_lines(path), suffix, columns), columns)
+            return _ner_examples(path, read_records(path, read_lines(path), suffix, columns), columns)
         if suffix == ".parquet":
             return _ner_examples(path, _parquet_records(path, columns), columns)
         raise InputFileError(path, f"unsupported NER format {suffix!r}; expected one of "
@@ -414,7 +365,7 @@ def read_task_file(path: str | Path, task: str, text_column: str | None = None, 
     if suffix == ".parquet":
         records = _parquet_records(path, columns)
     else:
-        records = _table_records(path, read_lines(path), suffix, columns)
+        records = read_records(path, read_lines(path), suffix, columns)
     return _examples(path, task, records, columns, label_separator, from_text=suffix in (".csv", ".tsv"))
 
 
@@ -523,7 +474,7 @@ def _load_tweets() -> TaskData:
     except FileNotFoundError:
         raise InputFileError(path, f"file not found; reinstall {TWEETS_REQUIREMENT}") from None
     columns = ["text", "sentiment"]
-    data = _examples(path, "classification", _table_records(path, lines, ".csv", columns), columns, "|", True)
+    data = _examples(path, "classification", read_records(path, lines, ".csv", columns), columns, "|", True)
     # the corpus repeats tweets, some of them under different labels: keep one copy of each consistent tweet
     labels_of: dict[str, set[str]] = defaultdict(set)
     for text, label in zip(data.texts, data.labels, strict=True):

@@ -50,8 +50,23 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
             raise InputFileError(path, "--text-column applies to .jsonl/.csv/.tsv input, not .txt")
         return lines
     column = text_column or "text"
+    texts = []
+    for where, (value,) in read_records(path, lines, suffix, [column], required=True):
+        if not isinstance(value, str):
+            raise InputFileError(path, f"{where}: field {column!r} is {type(value).__name__}, expected a string")
+        texts.append(value)
+    return texts
+
+
+def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
+                 required: bool = False) -> list[tuple[str, list[object]]]:
+    """Rows of a .csv/.tsv/.jsonl file as ("line N", values of ``columns``).
+
+    A JSON object without one of the fields gives None there, or an error at its line when ``required``.
+    """
+    records: list[tuple[str, list[object]]] = []
     if suffix == ".jsonl":
-        texts = []
+        seen: dict[str, None] = {}  # field names in first-seen order, for the missing-column message
         for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -61,27 +76,36 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
                 raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
             if not isinstance(obj, dict):
                 raise InputFileError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
-            if column not in obj:
-                raise InputFileError(path, f"missing field {column!r} (fields: {', '.join(obj) or 'none'})", line=n)
-            if not isinstance(obj[column], str):
-                raise InputFileError(path, f"field {column!r} is {type(obj[column]).__name__}, expected a string",
+            seen.update(dict.fromkeys(obj))
+            missing = [c for c in columns if c not in obj]
+            if required and missing:
+                raise InputFileError(path, f"missing field {missing[0]!r} (fields: {', '.join(obj) or 'none'})",
                                      line=n)
-            texts.append(obj[column])
-        return texts
+            records.append((f"line {n}", [obj.get(c) for c in columns]))
+        for c in columns:
+            if records and c not in seen:
+                raise InputFileError(path, f"no field {c!r} in any object (fields: {', '.join(seen) or 'none'})")
+        return records
     reader = csv.reader(io.StringIO("\n".join(lines)), delimiter="\t" if suffix == ".tsv" else ",")
     try:
         header = next(reader)
     except StopIteration:
         raise InputFileError(path, "empty file, expected a header row") from None
-    if column not in header:
-        raise InputFileError(path, f"no column {column!r} in the header (columns: {', '.join(header)})", line=1)
-    col = header.index(column)
-    texts = []
-    for row in reader:
+    for c in columns:
+        if c not in header:
+            raise InputFileError(path, f"no column {c!r} in the header (columns: {', '.join(header)})", line=1)
+    index = [header.index(c) for c in columns]
+    while True:
+        start = reader.line_num + 1  # a quoted cell may span lines: report the line the row starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise InputFileError(path, f"malformed CSV ({e})", line=start) from None
         if not row:
             continue
-        if col >= len(row):
-            raise InputFileError(path, f"row has {len(row)} fields, column {column!r} is field {col + 1}",
-                                 line=reader.line_num)
-        texts.append(row[col])
-    return texts
+        if max(index) >= len(row):
+            raise InputFileError(path, f"row has {len(row)} fields, the header has {len(header)}", line=start)
+        records.append((f"line {start}", [row[i] for i in index]))
+    return records
