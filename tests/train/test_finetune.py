@@ -301,3 +301,30 @@ def test_named_metric_picks_the_best_and_config_is_not_changed(tmp_path, tiny):
         losses = [r["loss"] for r in map(json.loads, f) if r["kind"] == "eval"]
     assert result.state.best == pytest.approx(min(losses))
     assert result.state.best_step == 1 + losses.index(min(losses))
+
+
+def test_stability_options_reinit_and_freeze(tmp_path, tiny):
+    """re-init touches only the top k layers (and the pooler); frozen parts are unchanged by training while
+    the rest moves; a k larger than the model is refused."""
+    from bertkit.model.weights import load_pretrained
+    from bertkit.train.finetune import FinetuneConfig, apply_stability_options
+
+    enc, _ = load_pretrained(tiny)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    torch.manual_seed(1)
+    apply_stability_options(enc, FinetuneConfig(reinit_layers=1))
+    after = enc.state_dict()
+    assert not torch.equal(after["layers.1.Wqkv.weight"], before["layers.1.Wqkv.weight"])
+    assert not torch.equal(after["pooler.dense.weight"], before["pooler.dense.weight"])
+    assert torch.equal(after["layers.0.Wqkv.weight"], before["layers.0.Wqkv.weight"])
+    assert torch.equal(after["embeddings.word.weight"], before["embeddings.word.weight"])
+    with pytest.raises(ValueError, match="freeze_layers=3: the model has 2 layers"):
+        apply_stability_options(enc, FinetuneConfig(freeze_layers=3))
+
+    train, dev = data_files(tmp_path, "classification")
+    run(tmp_path / "out", tiny, "classification", train, dev, freeze_embeddings=True, freeze_layers=1)
+    trained, _ = load_pretrained(tmp_path / "out")
+    new = trained.state_dict()
+    for k in ("embeddings.word.weight", "embeddings.norm.weight", "layers.0.Wqkv.weight", "layers.0.mlp_out.bias"):
+        assert torch.equal(new[k], before[k]), k
+    assert not torch.equal(new["layers.1.Wqkv.weight"], before["layers.1.Wqkv.weight"])
