@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from bertkit.data.features import Features, PackedBatch, featurize, sorted_batches
-from bertkit.data.tasks import TASKS, TaskData
+from bertkit.data.tasks import TaskData, check_task
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import CheckpointError
 from bertkit.model.bert import BertModel
-from bertkit.model.heads import SequenceClassifier, TokenClassifier
+from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
 from bertkit.model.weights import load_pretrained
 from bertkit.train import metrics as M
 from bertkit.utils.atomic import atomic_write_text
@@ -45,8 +45,7 @@ MULTILABEL_THRESHOLD = 0.5
 
 
 def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassifier | TokenClassifier:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    check_task(task)
     if task == "ner":
         return TokenClassifier(encoder, num_labels)
     return SequenceClassifier(encoder, 1 if task == "regression" else num_labels, PROBLEM_TYPE[task])
@@ -78,8 +77,7 @@ class TaskModel:
         task = meta.get("task") or _infer_task(d, extra)
         id2label = extra.get("id2label") or {}
         labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if task != "regression" else []
-        encoder.config.extra = {k: v for k, v in extra.items()
-                                if k not in ("id2label", "label2id", "problem_type", "architectures")}
+        strip_task_keys(encoder.config)
         head = build_head(encoder, task, max(len(labels), 1))
         head.load_head_state(heads, source=str(d))
         head.to(pick_device(device)).eval()

@@ -60,8 +60,7 @@ class TaskData:
     where: list[str] | None = None  # where each example starts, e.g. "line 12" or "row 3", for messages
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        check_task(self.task)
         n = len(self)
         # labels == [] marks unlabelled data (texts to predict on); otherwise every column has one entry per example
         columns = {"labels": self.labels or None, "where": self.where}
@@ -120,7 +119,7 @@ def _fail(path: object, where: str, problem: str) -> InputFileError:
     return InputFileError(path, f"{where}: {problem}")
 
 
-def _check_task(task: str) -> None:
+def check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
@@ -339,7 +338,7 @@ def _ner_examples(path: Path, records: list[tuple[str, list[object]]], columns: 
 def read_task_file(path: str | Path, task: str, text_column: str | None = None, text_pair_column: str | None = None,
                    label_column: str | None = None, label_separator: str = "|") -> TaskData:
     """Read labelled examples for `task` from one file; the format follows the extension (see module doc)."""
-    _check_task(task)
+    check_task(task)
     if text_pair_column is not None and task != "pair-classification":
         raise ValueError(f"a text pair column applies to pair-classification, not {task}")
     path = Path(path)

@@ -21,16 +21,23 @@ from torch import Tensor, nn
 from bertkit.errors import CheckpointError
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel, Pooler
+from bertkit.model.config import EncoderConfig
 from bertkit.model.dropout import Dropout
 from bertkit.model.weights import hf_state_dict, write_safetensors
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+_TASK_KEYS = ("architectures", "id2label", "label2id", "problem_type")
 _ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification"}
 
 
 def check_problem_type(problem_type: str) -> None:
     if problem_type not in PROBLEM_TYPES:
         raise ValueError(f"unknown problem_type {problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}")
+
+
+def strip_task_keys(cfg: EncoderConfig) -> None:
+    """Drop the head keys ``save_pretrained`` adds to a config, leaving a plain encoder config."""
+    cfg.extra = {k: v for k, v in cfg.extra.items() if k not in _TASK_KEYS}
 
 
 def task_loss(problem_type: str, logits: Tensor, labels: Tensor) -> Tensor:

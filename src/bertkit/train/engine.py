@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from bertkit.errors import CheckpointError
 from bertkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from bertkit.train.optim import SCHEDULES, build_optimizer, lr_factor
 from bertkit.train.plot import plot_training_curve, read_metrics
@@ -200,7 +201,7 @@ class Trainer:
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         # Drop metric records written after the checkpoint: the resumed run writes them again.
-        kept = [r for r in _read_metrics_lenient(self.metrics_file) if r.get("step", 0) <= self.state.step]
+        kept = [r for r in read_metrics(self.metrics_file) if r.get("step", 0) <= self.state.step]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("resumed from %s: step %d/%d, epoch %d, micro-batch %d", found[-1].name, self.state.step,
                  self.total_steps, self.state.epoch, self.state.micro)
@@ -354,22 +355,6 @@ class Trainer:
 
 
 def raise_incompatible(path: Path, error: Exception) -> None:
-    from bertkit.errors import CheckpointError
-
     # torch's first line is only "Error(s) in loading state_dict for X:"; the mismatch follows on the next ones
     first = " ".join(line.strip() for line in str(error).splitlines() if line.strip())[:300]
     raise CheckpointError(f"{path}: checkpoint does not fit this model/optimizer ({first})") from None
-
-
-def _read_metrics_lenient(path: Path) -> list[dict]:
-    """Records of metrics.jsonl; a line cut short by a kill is dropped."""
-    try:
-        return read_metrics(path)
-    except json.JSONDecodeError:
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from bertkit.data.features import shuffled_batches
-from bertkit.data.tasks import TASKS, TaskData, check_known_labels, load_builtin, read_task_file, split_dataset
+from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import BertkitError
 from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
 from bertkit.model.bert import BertModel
+from bertkit.model.heads import strip_task_keys
 from bertkit.model.weights import load_pretrained
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.checkpoint import checkpoint_dir
@@ -100,8 +101,6 @@ class FinetuneResult:
 
 def load_splits(cfg: FinetuneConfig) -> dict[str, TaskData]:
     """train/dev(/test) for a built-in dataset, or from files; a seeded stratified split where none is given."""
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
     if cfg.dataset:
         if cfg.train_file:
             raise ValueError("give either a built-in dataset or --train FILE, not both")
@@ -169,8 +168,7 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     if config is not None and settings:
         raise ValueError("pass either config= or keyword settings, not both")
     cfg.training.validate()
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    check_task(cfg.task)
     # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])
     out = Path(output_dir)
@@ -189,8 +187,7 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
         tune_allocator()
     torch.manual_seed(tcfg.seed)  # the head's initial weights
     encoder, _ = load_pretrained(model_dir)
-    encoder.config.extra = {k: v for k, v in encoder.config.extra.items()
-                            if k not in ("id2label", "label2id", "problem_type", "architectures")}
+    strip_task_keys(encoder.config)  # a task checkpoint as the starting model: its old labels do not apply
     labels = train.label_names() if cfg.task != "regression" else []
     head = build_head(encoder, cfg.task, max(len(labels), 1))
     apply_stability_options(encoder, cfg)

@@ -9,9 +9,16 @@ from bertkit.utils.atomic import atomic_path
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """Records of metrics.jsonl; a last line cut short by a kill is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def plot_training_curve(metrics_file: Path, png: Path, metric: str | None = None) -> Path | None:
