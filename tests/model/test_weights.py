@@ -31,7 +31,7 @@ def clone_dir(src, dst):
 
 def test_key_map_covers_every_parameter_once(minilm_dir):
     model, _ = load_pretrained(minilm_dir)
-    km = hf_key_map(6, 384, pooler=True)
+    km = hf_key_map(model.config, pooler=True)
     assert set(model.state_dict()) == {ours for ours, _ in km.values()}
     assert len(km) == 6 * 16 + 5 + 2
 

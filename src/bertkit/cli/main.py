@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 
-from bertkit.cli import data, demo, embed, evaluate, finetune, info, predict
+from bertkit.cli import data, demo, embed, evaluate, fill_mask, finetune, info, predict, pretrain, tokenizer
 from bertkit.errors import BertkitError
 
 COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
-            "data": data, "demo": demo}
+            "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
+            "fill-mask": fill_mask}
 
 
 def build_parser() -> argparse.ArgumentParser:

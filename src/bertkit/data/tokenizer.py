@@ -7,6 +7,7 @@ never applied: the padding-free path wants each sequence at its own length.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -109,6 +110,16 @@ class WordPieceTokenizer:
                 self._tok.no_truncation()
         n_trunc = sum(1 for e in encs if e.overflowing)
         return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc), [e.word_ids for e in encs]
+
+    def encode_plain(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text without [CLS]/[SEP] and untruncated: pretraining packs documents itself."""
+        with self._lock:  # encode() toggles truncation; wait for it to switch it off again
+            encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encs]
+
+    def fingerprint(self) -> str:
+        """sha256 of the whole tokenizer (vocabulary, normalizer, ...): tells caches built with it apart."""
+        return hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)

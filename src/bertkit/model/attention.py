@@ -9,6 +9,10 @@
                Length-sorted batches are mostly one or two runs, i.e. a few large batched matmuls;
                unsorted batches degrade to one small matmul pair per sequence.
 
+Relative positions (``position_embedding_type`` rope / alibi) enter here: ``rope`` is the
+``(cos, sin)`` table for positions 0..L-1, rotating q and k; ``alibi`` is the ``(heads, L, L)``
+score bias. Positions restart at 0 in every sequence, so every path slices the same tables.
+
 On this CPU (torch 2.13, head_dim 32) an explicit matmul-softmax-matmul per run measured faster than
 SDPA per run (6 vs 11 ms for 32 unsorted sequences of 8-128 tokens, see benchmarks/README), so the
 unpadded path uses it; the kernel is logged once when first used.
@@ -90,35 +94,90 @@ class Packing:
         return torch.arange(self.total_tokens, device=seg.device) - self.cu_seqlens[seg]
 
 
-def padded_attention(qkv: Tensor, mask: Tensor, num_heads: int, kernel: str,
-                     dropout_p: float = 0.0) -> Tensor:
+# ---- relative positions ---------------------------------------------------------------------
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """RoPE tables, GPT-NeoX / ModernBERT layout: positions (...,) -> cos, sin each (..., head_dim).
+
+    Frequency f_i = theta^(-2i / head_dim) for i < head_dim / 2, repeated for both halves of the head.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., head_dim / 2)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate q and k (..., seq, head_dim) by their positions' angles; cos, sin (seq, head_dim)."""
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # tables are fp32; keep q's dtype under autocast
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """(heads,) ALiBi slopes (Press et al. 2022): 2^(-8/n), 2^(-16/n), ... for n a power of two; otherwise
+    those of the nearest lower power of two, then every other slope of the next power (as MosaicBERT)."""
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    n = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_2(n) + power_of_2(2 * n)[0::2][: num_heads - n]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(slopes: Tensor, length: int) -> Tensor:
+    """Symmetric encoder ALiBi (MosaicBERT): slopes (heads,) -> (heads, length, length) of -slope * |i - j|."""
+    pos = torch.arange(length, device=slopes.device)
+    distance = (pos[None, :] - pos[:, None]).abs().to(slopes.dtype)  # (length, length)
+    return -slopes[:, None, None] * distance
+
+
+# ---- attention --------------------------------------------------------------------------------
+def padded_attention(qkv: Tensor, mask: Tensor, num_heads: int, kernel: str, dropout_p: float = 0.0,
+                     rope: tuple[Tensor, Tensor] | None = None, alibi: Tensor | None = None) -> Tensor:
     """Attention over a padded batch.
 
-    qkv:  (batch, seq, 3 * hidden)
-    mask: (batch, seq) bool, True where the token is real
+    qkv:   (batch, seq, 3 * hidden)
+    mask:  (batch, seq) bool, True where the token is real
+    rope:  (cos, sin) each (>= seq, head_dim), or None
+    alibi: (heads, >= seq, >= seq) score bias, or None
     returns (batch, seq, hidden)
     """
     b, s, three_h = qkv.shape
     hd = three_h // (3 * num_heads)
     q, k, v = qkv.view(b, s, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, hd)
+    if rope is not None:
+        q, k = apply_rope(q, k, rope[0][:s], rope[1][:s])
+    bias = None if alibi is None else alibi[:, :s, :s].to(q.dtype)  # (heads, seq, seq)
     if kernel == "reference":
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # (batch, heads, seq, seq)
+        if bias is not None:
+            scores = scores + bias
         # Additive mask with the dtype's minimum, exactly as BERT / HF "eager" build it.
         additive = (~mask)[:, None, None, :].to(scores.dtype) * torch.finfo(scores.dtype).min
         probs = torch.softmax(scores + additive, dim=-1)
         probs = F.dropout(probs, dropout_p, training=dropout_p > 0)
         ctx = torch.matmul(probs, v)
     elif kernel == "sdpa":
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout_p)
+        attn_mask = mask[:, None, None, :]  # (batch, 1, 1, seq) bool
+        if bias is not None:  # SDPA takes one mask: the float bias with padded keys at the dtype's minimum
+            attn_mask = bias.masked_fill(~attn_mask, torch.finfo(bias.dtype).min)  # (batch, heads, seq, seq)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     else:
         raise ValueError(f"unknown padded attention kernel {kernel!r}; expected 'reference' or 'sdpa'")
     return ctx.transpose(1, 2).reshape(b, s, num_heads * hd)
 
 
-def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float = 0.0) -> Tensor:
+def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float = 0.0,
+                       rope: tuple[Tensor, Tensor] | None = None, alibi: Tensor | None = None) -> Tensor:
     """Attention over packed tokens, one batched matmul pair per run of equal-length sequences.
 
     qkv: (total_tokens, 3 * hidden)
+    rope, alibi: as for ``padded_attention``, covering the longest sequence
     returns (total_tokens, hidden)
     """
     t, three_h = qkv.shape
@@ -131,8 +190,13 @@ def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p:
         # One copy into (3, n * heads, length, hd) so both bmm calls read contiguous blocks.
         q, k, v = (qkv[start:end].view(n, length, 3, num_heads, hd)
                    .permute(2, 0, 3, 1, 4).reshape(3, n * num_heads, length, hd))
+        # Every sequence of a run spans positions 0..length-1, so the tables' first rows serve them all.
+        if rope is not None:
+            q, k = apply_rope(q, k, rope[0][:length], rope[1][:length])
         scores = torch.baddbmm(q.new_empty(n * num_heads, length, length), q, k.transpose(1, 2),
                                beta=0.0, alpha=scale)  # (n * heads, length, length)
+        if alibi is not None:
+            scores.view(n, num_heads, length, length).add_(alibi[:, :length, :length].to(scores.dtype))
         probs = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
             probs = dropout(probs, dropout_p)

@@ -3,6 +3,11 @@
 Every ``BertConfig`` field is a dataclass field with the same name and default. Keys we do
 not model (``architectures``, ``transformers_version``, ``id2label`` ...) are kept in
 ``extra`` and written back unchanged, so a round trip loses nothing.
+
+Modern-encoder options (MosaicBERT / ModernBERT style, see ``bert.py``) are extra fields that
+``to_dict`` writes only when they differ from their defaults, so a plain BERT config.json is
+exactly what BertConfig writes: ``prenorm``, ``ffn_type``, ``rope_theta``, ``use_bias``,
+``final_norm``; ``position_embedding_type`` also accepts ``"rope"`` and ``"alibi"``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from bertkit.utils.atomic import atomic_write_text
 
 # Activations the feed-forward block implements; names as in transformers' ACT2FN.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
-SUPPORTED_POSITION_TYPES = ("absolute",)
+SUPPORTED_POSITION_TYPES = ("absolute", "rope", "alibi")
+SUPPORTED_FFN_TYPES = ("mlp", "glu")
+# Fields beyond BertConfig: written to config.json only when not at their default.
+OPTION_FIELDS = ("prenorm", "ffn_type", "rope_theta", "use_bias", "final_norm")
 
 
 @dataclass
@@ -41,6 +49,11 @@ class EncoderConfig:
     use_cache: bool = True
     classifier_dropout: float | None = None
     model_type: str = "bert"
+    prenorm: bool = False  # LayerNorm before attention / FFN instead of after the residual add
+    ffn_type: str = "mlp"  # "glu": mlp_in is (hidden -> 2 * intermediate), out = W(act(gate) * up)
+    rope_theta: float = 10000.0  # RoPE base, used when position_embedding_type == "rope"
+    use_bias: bool = True  # False: the encoder layers' Linears have no bias (LayerNorms keep theirs)
+    final_norm: bool = False  # a LayerNorm after the last layer (pre-norm stacks need one)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +94,17 @@ class EncoderConfig:
                 f"config field 'position_embedding_type' is {self.position_embedding_type!r}; "
                 f"supported: {', '.join(SUPPORTED_POSITION_TYPES)}"
             )
+        if self.ffn_type not in SUPPORTED_FFN_TYPES:
+            raise ConfigError(
+                f"config field 'ffn_type' is {self.ffn_type!r}; supported: {', '.join(SUPPORTED_FFN_TYPES)}"
+            )
+        if self.rope_theta <= 0:
+            raise ConfigError(f"config field 'rope_theta' must be positive, got {self.rope_theta}")
+        if self.position_embedding_type == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"config field 'position_embedding_type' is 'rope', which needs an even head size; "
+                f"'hidden_size' / 'num_attention_heads' is {self.head_dim}"
+            )
         for name in ("is_decoder", "add_cross_attention"):
             if self.extra.get(name):
                 raise ConfigError(f"config field '{name}' is true; bertkit builds encoders only")
@@ -98,7 +122,8 @@ class EncoderConfig:
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name != "extra" and not (f.name in OPTION_FIELDS and getattr(self, f.name) == f.default)}
         out = dict(self.extra)
         out.update(d)
         out.setdefault("architectures", ["BertModel"])
@@ -132,7 +157,8 @@ _FIELD_TYPES: dict[str, type] = {
     "attention_probs_dropout_prob": float, "max_position_embeddings": int, "type_vocab_size": int,
     "initializer_range": float, "layer_norm_eps": float, "pad_token_id": int,
     "position_embedding_type": str, "use_cache": bool, "classifier_dropout": float,
-    "model_type": str,
+    "model_type": str, "prenorm": bool, "ffn_type": str, "rope_theta": float, "use_bias": bool,
+    "final_norm": bool,
 }
 
 

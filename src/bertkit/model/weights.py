@@ -6,6 +6,12 @@ filled exactly once, every checkpoint tensor must be used, and shapes must match
 is an error that names the tensor. Only HF's constant buffers (``position_ids``) and task-head
 tensors next to a ``bert.``-prefixed encoder (``cls.*``, ``classifier.*``) are set aside, and the
 latter are returned so task heads can load them.
+
+Config options (``bert.py``) change the key set, not the names: ``use_bias=False`` drops the layers'
+Linear biases, rope / alibi drop ``embeddings.position_embeddings.weight``, GLU keeps
+``intermediate.dense`` at shape (2 * intermediate, hidden) with rows [gate; up], pre-norm keeps
+``attention.output.LayerNorm`` / ``output.LayerNorm`` for the norms before attention / FFN, and
+``final_norm`` adds ``encoder.final_norm.{weight,bias}`` (a name of ours; BertModel has none).
 """
 
 from __future__ import annotations
@@ -20,41 +26,46 @@ from torch import Tensor
 
 from bertkit.errors import CheckpointError
 from bertkit.model.bert import BertModel
+from bertkit.model.config import EncoderConfig
 from bertkit.utils.atomic import atomic_path
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # HF buffers that are not weights: constant, re-created by the model.
 _CONSTANT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
-# (HF suffix, our suffix) for each layer; q/k/v map into slices of our fused Wqkv.
+# (HF suffix, our suffix, is a LayerNorm) for each layer; q/k/v map into slices of our fused Wqkv.
 _LAYER_MAP = [
-    ("attention.output.dense", "attn_out"),
-    ("attention.output.LayerNorm", "attn_norm"),
-    ("intermediate.dense", "mlp_in"),
-    ("output.dense", "mlp_out"),
-    ("output.LayerNorm", "mlp_norm"),
+    ("attention.output.dense", "attn_out", False),
+    ("attention.output.LayerNorm", "attn_norm", True),
+    ("intermediate.dense", "mlp_in", False),
+    ("output.dense", "mlp_out", False),
+    ("output.LayerNorm", "mlp_norm", True),
 ]
 _QKV = ("query", "key", "value")
 
 
-def hf_key_map(num_layers: int, hidden: int, pooler: bool) -> dict[str, tuple[str, slice | None]]:
-    """HF key -> (our key, row slice of our tensor or None for the whole tensor)."""
-    m: dict[str, tuple[str, slice | None]] = {
-        "embeddings.word_embeddings.weight": ("embeddings.word.weight", None),
-        "embeddings.position_embeddings.weight": ("embeddings.position.weight", None),
-        "embeddings.token_type_embeddings.weight": ("embeddings.token_type.weight", None),
-        "embeddings.LayerNorm.weight": ("embeddings.norm.weight", None),
-        "embeddings.LayerNorm.bias": ("embeddings.norm.bias", None),
-    }
-    for i in range(num_layers):
+def hf_key_map(cfg: EncoderConfig, pooler: bool) -> dict[str, tuple[str, slice | None]]:
+    """HF key -> (our key, row slice of our tensor or None for the whole tensor), for ``cfg``'s options."""
+    hidden = cfg.hidden_size
+    linear_params = ("weight", "bias") if cfg.use_bias else ("weight",)
+    m: dict[str, tuple[str, slice | None]] = {"embeddings.word_embeddings.weight": ("embeddings.word.weight", None)}
+    if cfg.position_embedding_type == "absolute":
+        m["embeddings.position_embeddings.weight"] = ("embeddings.position.weight", None)
+    m["embeddings.token_type_embeddings.weight"] = ("embeddings.token_type.weight", None)
+    m["embeddings.LayerNorm.weight"] = ("embeddings.norm.weight", None)
+    m["embeddings.LayerNorm.bias"] = ("embeddings.norm.bias", None)
+    for i in range(cfg.num_hidden_layers):
         hf, ours = f"encoder.layer.{i}.", f"layers.{i}."
         for j, name in enumerate(_QKV):
             rows = slice(j * hidden, (j + 1) * hidden)
-            for p in ("weight", "bias"):
+            for p in linear_params:
                 m[f"{hf}attention.self.{name}.{p}"] = (f"{ours}Wqkv.{p}", rows)
-        for hf_suffix, our_suffix in _LAYER_MAP:
-            for p in ("weight", "bias"):
+        for hf_suffix, our_suffix, is_norm in _LAYER_MAP:
+            for p in ("weight", "bias") if is_norm else linear_params:
                 m[f"{hf}{hf_suffix}.{p}"] = (f"{ours}{our_suffix}.{p}", None)
+    if cfg.final_norm:
+        for p in ("weight", "bias"):
+            m[f"encoder.final_norm.{p}"] = (f"final_norm.{p}", None)
     if pooler:
         for p in ("weight", "bias"):
             m[f"pooler.dense.{p}"] = (f"pooler.dense.{p}", None)
@@ -110,8 +121,7 @@ def has_pooler(encoder_state: dict[str, Tensor]) -> bool:
 
 def load_hf_state(model: BertModel, encoder_state: dict[str, Tensor], source: str = "checkpoint") -> None:
     """Copy HF-named tensors into ``model``, strictly. Raises CheckpointError naming each problem."""
-    cfg = model.config
-    key_map = hf_key_map(cfg.num_hidden_layers, cfg.hidden_size, model.pooler is not None)
+    key_map = hf_key_map(model.config, model.pooler is not None)
     ours = model.state_dict()
     filled: dict[str, int] = {k: 0 for k in ours}  # rows filled per tensor
     problems: list[str] = []
@@ -145,10 +155,9 @@ def load_hf_state(model: BertModel, encoder_state: dict[str, Tensor], source: st
 
 def hf_state_dict(model: BertModel) -> dict[str, Tensor]:
     """Our parameters under HF BertModel names (contiguous copies, ready for safetensors)."""
-    cfg = model.config
     ours = model.state_dict()
     out = {}
-    for hf_key, (our_key, rows) in hf_key_map(cfg.num_hidden_layers, cfg.hidden_size, model.pooler is not None).items():
+    for hf_key, (our_key, rows) in hf_key_map(model.config, model.pooler is not None).items():
         t = ours[our_key] if rows is None else ours[our_key][rows]
         out[hf_key] = t.detach().cpu().contiguous().clone()
     return out
@@ -168,8 +177,6 @@ def save_weights(model: BertModel, directory: str | os.PathLike[str]) -> Path:
 
 def load_pretrained(directory: str | os.PathLike[str], path: str = "unpadded") -> tuple[BertModel, dict[str, Tensor]]:
     """Build a BertModel from an HF-format directory. Returns (model, task-head tensors)."""
-    from bertkit.model.config import EncoderConfig
-
     d = Path(directory)
     if not (d / "config.json").is_file():
         raise CheckpointError(f"{d}: no config.json found (looked for {d / 'config.json'})")

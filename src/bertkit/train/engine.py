@@ -14,6 +14,12 @@ gradient as one batch k times larger), clipping, seeded determinism, bf16 autoca
 keep-best, early stopping, a wall-clock budget, ``metrics.jsonl`` + a curve PNG, a progress bar, and
 atomic checkpoints with RNG state and data position so that ``resume`` after a ``kill -9`` continues
 the very same loss curve.
+
+Under ``torchrun`` (a ``torch.distributed`` process group already initialised) the model is wrapped in
+DistributedDataParallel and each rank's ``batches`` are its own share of every global batch. The step's
+loss units are summed over ranks first, so the gradient is the unit-weighted mean over the *global*
+batch (as one process with the whole batch would compute it), not a mean of per-rank means. Every rank
+evaluates (same weights, same data, same numbers, so early stopping agrees); rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from bertkit.errors import CheckpointError
@@ -143,7 +152,15 @@ class Trainer:
         self.config = config
         self.device = torch.device(config.device) if config.device else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.to(self.device)
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.module = model.to(self.device)  # the bare model: what is saved, evaluated and optimized
+        self.model = self.module  # what training forwards through
+        if self.distributed:
+            self.model = DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.batches = batches
         self.loss_fn = loss_fn
         self.evaluate_fn = evaluate
@@ -165,21 +182,32 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / config.grad_accum)
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.layer_decay)
+        self.optimizer = build_optimizer(self.module, config.lr, config.weight_decay, config.layer_decay)
         self.state = TrainState()
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; every rank's RNG state is gathered into it). None on other ranks."""
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return save_checkpoint(self.output_dir, self.state.step, {
-            "fingerprint": self.fingerprint,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": asdict(self.state),
-            "rng": rng,
-        }, keep=self.config.keep_checkpoints)
+        ranks = [rng]
+        if self.distributed:
+            ranks = [None] * self.world_size
+            dist.all_gather_object(ranks, rng)
+        path = None
+        if self.is_main:
+            path = save_checkpoint(self.output_dir, self.state.step, {
+                "fingerprint": self.fingerprint,
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state),
+                "rng": ranks[0],
+                "rng_ranks": ranks,
+            }, keep=self.config.keep_checkpoints)
+        if self.distributed:
+            dist.barrier()  # nobody resumes or exits before the file is there
+        return path
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint in ``output_dir``; False when there is none."""
@@ -189,7 +217,7 @@ class Trainer:
             return False
         ckpt = load_checkpoint(found[-1], self.fingerprint)
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.module.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise_incompatible(found[-1], e)
@@ -197,12 +225,18 @@ class Trainer:
         budget = self.config.time_budget
         if self.state.stopped == "time budget" and not (budget and self.state.elapsed >= budget):
             self.state.stopped = ""  # resumed with a larger budget (or none): the run goes on
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) != self.world_size:
+            log.warning("resuming %d-rank checkpoint on %d ranks: dropout draws will differ from an "
+                        "uninterrupted run", len(ranks), self.world_size)
+        rng = ranks[self.rank] if len(ranks) == self.world_size else ranks[0]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         # Drop metric records written after the checkpoint: the resumed run writes them again.
-        kept = [r for r in read_metrics(self.metrics_file) if r.get("step", 0) <= self.state.step]
-        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+        if self.is_main:
+            kept = [r for r in read_metrics(self.metrics_file) if r.get("step", 0) <= self.state.step]
+            atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
         log.info("resumed from %s: step %d/%d, epoch %d, micro-batch %d", found[-1].name, self.state.step,
                  self.total_steps, self.state.epoch, self.state.micro)
         return True
@@ -212,17 +246,20 @@ class Trainer:
         cfg, st = self.config, self.state
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
-            torch.manual_seed(cfg.seed)  # dropout draws; the data order is seeded per epoch by the caller
-            self.metrics_file.unlink(missing_ok=True)
+            # dropout draws (its own stream per rank); the data order is seeded per epoch by the caller
+            torch.manual_seed(cfg.seed + self.rank)
+            if self.is_main:
+                self.metrics_file.unlink(missing_ok=True)
         st = self.state
-        log.info("training on %s (%s, %s AdamW): %d steps = %.2f epochs x %d steps, %d micro-batches of %d, "
-                 "accumulation %d", self.device, "bf16 autocast" if self.autocast_dtype else "fp32",
+        log.info("training on %s%s (%s, %s AdamW): %d steps = %.2f epochs x %d steps, %d micro-batches of %d, "
+                 "accumulation %d", self.device, f" x {self.world_size} ranks (DDP)" if self.distributed else "",
+                 "bf16 autocast" if self.autocast_dtype else "fp32",
                  "fused" if self.optimizer.defaults.get("fused") else "per-tensor", self.total_steps,
                  self.total_steps / self.steps_per_epoch, self.steps_per_epoch, self.micro_per_epoch,
                  cfg.batch_size, cfg.grad_accum)
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=st.step, disable=not cfg.progress, desc="train", unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(total=self.total_steps, initial=st.step, disable=not (cfg.progress and self.is_main), desc="train",
+                   unit="step", dynamic_ncols=True, mininterval=1.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
         window_start, window_tokens = time.perf_counter(), 0
         t_last = time.perf_counter()
@@ -231,21 +268,26 @@ class Trainer:
             while st.micro < len(epoch_batches) and st.step < self.total_steps and not st.stopped:
                 group = epoch_batches[st.micro:st.micro + cfg.grad_accum]
                 # 0 when no token of the group carries a label (ner: words that tokenize to nothing)
-                units = sum(b.num_units for b in group) or 1
+                units = self._all_sum([sum(b.num_units for b in group)])[0] or 1
                 self._set_lr()
-                step_loss = 0.0
-                for b in group:
+                step_loss, step_tokens = 0.0, 0
+                for i, b in enumerate(group):
                     b = b.to(self.device)
-                    with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                        enabled=self.autocast_dtype is not None):
-                        loss = self.loss_fn(self.model, b)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {st.step + 1}; lower the "
-                                                 "learning rate or check the labels")
-                    (loss * (b.num_units / units)).backward()
+                    # DDP: gradients are all-reduced on the group's last backward only
+                    sync = self.model.no_sync() if self.distributed and i < len(group) - 1 else nullcontext()
+                    with sync:
+                        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                            enabled=self.autocast_dtype is not None):
+                            loss = self.loss_fn(self.model, b)
+                        # DDP averages gradients over ranks, hence x world_size
+                        (loss * (b.num_units * self.world_size / units)).backward()
                     step_loss += loss.item() * b.num_units / units
-                    window_tokens += b.num_tokens
-                    st.tokens += b.num_tokens
+                    step_tokens += b.num_tokens
+                step_loss, step_tokens = self._all_sum([step_loss, step_tokens])  # tokens of all ranks
+                window_tokens += int(step_tokens)
+                st.tokens += int(step_tokens)
+                if not math.isfinite(step_loss):  # checked on every rank alike, before the update
+                    self._raise_not_finite(step_loss)
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
@@ -254,6 +296,8 @@ class Trainer:
                 st.micro += len(group)
                 now = time.perf_counter()
                 st.elapsed += now - t_last
+                if self.distributed:  # the ranks' mean, so that all stop at the same step on a time budget
+                    st.elapsed = self._all_sum([st.elapsed])[0] / self.world_size
                 t_last = now
                 st.window_loss += step_loss
                 st.window_count += 1
@@ -295,6 +339,21 @@ class Trainer:
                  f"; best {self.metric}={st.best:.4f} at step {st.best_step}" if st.best is not None else "")
         return st
 
+    def _all_sum(self, values: list[float]) -> list[float]:
+        """Sum over ranks (identity in one process)."""
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _raise_not_finite(self, loss: float) -> None:
+        found = list_checkpoints(self.output_dir)
+        last = f"the last good checkpoint is {found[-1]} (resume from it with a lower learning rate)" if found \
+            else "no checkpoint was written yet"
+        raise FloatingPointError(f"loss is {loss} at step {self.state.step + 1}; stopped before the update: {last}; "
+                                 "lower the learning rate or check the data")
+
     def _set_lr(self) -> None:
         cfg, st = self.config, self.state
         step = st.step
@@ -321,7 +380,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                              enabled=self.autocast_dtype is not None):
-            metrics = {k: float(v) for k, v in self.evaluate_fn(self.model).items()}
+            metrics = {k: float(v) for k, v in self.evaluate_fn(self.module).items()}
         self.model.train()
         if self.metric not in metrics:
             raise ValueError(f"metric {self.metric!r} is not among the eval metrics: {', '.join(metrics)}")
@@ -334,8 +393,8 @@ class Trainer:
                  " (best so far)" if better else "")
         if better:
             st.best, st.best_step, st.bad_evals = value, st.step, 0
-            if self.on_best is not None:
-                self.on_best(self.model, metrics)
+            if self.on_best is not None and self.is_main:
+                self.on_best(self.module, metrics)
         else:
             st.bad_evals += 1
             if cfg.patience and st.bad_evals >= cfg.patience:
@@ -343,10 +402,14 @@ class Trainer:
         self.plot()
 
     def _append(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with open(self.metrics_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
+        if not self.is_main:
+            return
         try:
             plot_training_curve(self.metrics_file, self.output_dir / CURVE_FILE,
                                 None if self.metric == "loss" else self.metric)

@@ -125,7 +125,7 @@ def load_splits(cfg: FinetuneConfig) -> dict[str, TaskData]:
     return splits
 
 
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, ours: tuple[str, ...] = _OUR_FILES) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise BertkitError(f"--output {output_dir} exists and is not a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (resume or overwrite):
@@ -134,7 +134,7 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
     if overwrite and not resume and output_dir.is_dir():
         # Only what a run writes: never wipe a directory the user pointed at by mistake.
         shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
-        for name in _OUR_FILES:
+        for name in ours:
             (output_dir / name).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
