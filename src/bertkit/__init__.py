@@ -7,7 +7,9 @@ from bertkit.model.config import EncoderConfig
 from bertkit.task_model import TaskModel, load_task_model
 from bertkit.train.engine import TrainConfig
 from bertkit.train.finetune import FinetuneConfig, finetune
+from bertkit.train.pretrain import PretrainConfig, pretrain
 
 __version__ = "0.1.0"
 __all__ = ["BertModel", "BertkitError", "CheckpointError", "ConfigError", "Encoder", "EncoderConfig",
-           "FinetuneConfig", "InputFileError", "TaskModel", "TrainConfig", "finetune", "load", "load_task_model"]
+           "FinetuneConfig", "InputFileError", "PretrainConfig", "TaskModel", "TrainConfig", "finetune", "load",
+           "load_task_model", "pretrain"]

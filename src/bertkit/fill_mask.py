@@ -17,13 +17,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor
 
 from bertkit.data.tokenizer import WordPieceTokenizer
@@ -31,8 +29,8 @@ from bertkit.encoder import default_max_length, pick_device
 from bertkit.errors import BertkitError, CheckpointError
 from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
 from bertkit.model.attention import Packing
-from bertkit.model.mlm import HEAD_PREFIX, MaskedLM
-from bertkit.model.weights import find_weights_file, read_state_dict
+from bertkit.model.mlm import MaskedLM, has_mlm_head
+from bertkit.model.weights import load_pretrained
 from bertkit.train import metrics as M
 from bertkit.train.optim import build_optimizer
 from bertkit.utils.runtime import tune_allocator
@@ -41,17 +39,6 @@ log = logging.getLogger("bertkit")
 
 MASK = "[MASK]"
 TEXT_SLOT = "{text}"
-
-
-def checkpoint_has_mlm_head(directory: Path) -> bool:
-    """Whether the weights file holds ``cls.predictions.*`` tensors (read from the header where possible)."""
-    weights = find_weights_file(directory)
-    if weights.suffix == ".safetensors":
-        with safe_open(str(weights), "pt") as f:
-            keys = list(f.keys())
-    else:
-        keys = list(read_state_dict(weights))
-    return any(k.startswith(HEAD_PREFIX) for k in keys)
 
 
 class FillMask:
@@ -74,8 +61,9 @@ class FillMask:
         directory = resolve_model_dir(name_or_dir)
         if pick_device(device).type == "cpu":
             tune_allocator()
-        model = MaskedLM.from_pretrained(directory)
-        head_trained = checkpoint_has_mlm_head(directory)
+        encoder, heads = load_pretrained(directory)
+        model = MaskedLM.from_encoder(encoder, heads, str(directory))
+        head_trained = has_mlm_head(heads)
         name = str(name_or_dir or DEFAULT_MODEL)
         if not head_trained:
             log.warning("%s has no trained MLM head: a random one was created, so masked-token predictions and "

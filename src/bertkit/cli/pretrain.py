@@ -13,7 +13,6 @@ import argparse
 import json
 
 from bertkit.train.pretrain import PretrainConfig, pretrain
-from bertkit.utils.recipes import apply_overrides, load_recipe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = PretrainConfig.from_dict(apply_overrides(load_recipe(args.recipe), args.overrides))
+    cfg = PretrainConfig.from_recipe(args.recipe, args.overrides)
     if args.print_config:
         from dataclasses import asdict
 

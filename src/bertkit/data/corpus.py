@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertkit.data.text_files import json_object
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.errors import BertkitError, ConfigError, InputFileError
 from bertkit.utils.atomic import atomic_path, atomic_write_text
@@ -150,12 +151,7 @@ def _file_documents(path: Path) -> Iterator[tuple[str, str, int]]:
             line, n_bad = _decode(raw)
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
-            if not isinstance(obj, dict):
-                raise InputFileError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+            obj = json_object(path, line, n)
             if "text" not in obj:
                 raise InputFileError(path, f"missing field 'text' (fields: {', '.join(obj) or 'none'})", line=n)
             if not isinstance(obj["text"], str):

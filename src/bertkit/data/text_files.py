@@ -58,6 +58,17 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     return texts
 
 
+def json_object(path: Path, line: str, n: int) -> dict:
+    """One JSONL line as a dict, or an InputFileError naming file and line."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
+    if not isinstance(obj, dict):
+        raise InputFileError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+    return obj
+
+
 def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
                  required: bool = False) -> list[tuple[str, list[object]]]:
     """Rows of a .csv/.tsv/.jsonl file as ("line N", values of ``columns``).
@@ -70,12 +81,7 @@ def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
         for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
-            if not isinstance(obj, dict):
-                raise InputFileError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
+            obj = json_object(path, line, n)
             seen.update(dict.fromkeys(obj))
             missing = [c for c in columns if c not in obj]
             if required and missing:

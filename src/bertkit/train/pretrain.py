@@ -47,7 +47,7 @@ from bertkit.train.distributed import DistInfo, init_distributed
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.recipes import from_dict
+from bertkit.utils.recipes import apply_overrides, from_dict, load_recipe
 from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
@@ -94,6 +94,11 @@ class PretrainConfig:
         cfg.training = TrainConfig(**{**defaults, **{k: getattr(cfg.training, k) for k in training}})
         cfg.validate()
         return cfg
+
+    @classmethod
+    def from_recipe(cls, name_or_file: str, overrides: Sequence[str] = ()) -> PretrainConfig:
+        """``PretrainConfig.from_recipe("tiny-cpu", ["training.lr=1e-4"])``: a recipe name or YAML file."""
+        return cls.from_dict(apply_overrides(load_recipe(name_or_file), list(overrides)))
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
