@@ -21,10 +21,10 @@ $(VENV)/.runtime: pyproject.toml | $(VENV)/.python-docs
 # The reST sources of the Python docs (Debian python3.11-doc), a pretraining corpus; unpacked into the venv when
 # the system lacks them, so no root is needed.
 $(VENV)/.python-docs:
-	mkdir -p $(VENV)
+	mkdir -p $(VENV)/share/python3.11-doc
 	test -d /usr/share/doc/python3.11/html/_sources || ( cd $(VENV) && rm -f python3.11-doc_*.deb && \
-		{ apt-get download python3.11-doc || { apt-get update -qq && apt-get download python3.11-doc; }; } && dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc && \
-		rm python3.11-doc_*.deb )
+		{ apt-get download python3.11-doc || { apt-get update -qq && apt-get download python3.11-doc; }; } && \
+		dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc && rm python3.11-doc_*.deb )
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
