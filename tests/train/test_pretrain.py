@@ -173,3 +173,20 @@ def test_cli_runs_a_recipe_file_with_overrides(corpus, tmp_path, capsys):
     assert printed["steps"] == 3 and "mlm_accuracy" in printed
     assert main(["pretrain", "--recipe", str(recipe), "--output", str(tmp_path / "cli2"), "training.lr=fast"]) == 2
     assert "training.lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_runs_two_steps_at_tiny_scale(name, corpus, tmp_path):
+    """The recipe's objective, options (ALiBi + GeGLU for mosaicbert, ELECTRA's generator) and tokenizer choice,
+    with the sizes shrunk: a smoke run, not the recipe's scale."""
+    cfg = PretrainConfig.from_recipe(name, [
+        "model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=4",
+        "model.intermediate_size=64", "vocab_size=128", f"corpus=[{corpus}]", f"cache_dir={tmp_path / 'cache'}",
+        "max_length=32", "global_batch_size=8", "eval_sequences=8", "training.batch_size=4",
+        "training.max_steps=2", "training.eval_every=2", "training.progress=false", "training.precision=fp32"])
+    result = pretrain(tmp_path / name, cfg)
+    assert result.state.step == 2 and result.eval["loss"] > 0
+    encoder, _ = load_pretrained(tmp_path / name)
+    for key in ("ffn_type", "position_embedding_type"):
+        if key in cfg.model:
+            assert getattr(encoder.config, key) == cfg.model[key]
