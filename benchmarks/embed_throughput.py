@@ -25,12 +25,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from workers import spawn
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ["transformers-sdpa", "bertkit-unpadded", "bertkit-sdpa", "bertkit-reference"]
@@ -185,14 +186,6 @@ def profile(n_texts: int, bs: int, threads: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 
-def spawn(args: list[str]) -> dict:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=False)
-    if out.returncode:
-        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--texts", type=int, default=2000)
@@ -223,7 +216,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {e: [] for e in [*engines, "gemm-peak"]}
     for r in range(args.rounds):
         for e in [*engines, "gemm-peak"]:
-            res = spawn(["--worker", e, *common])
+            res = spawn(__file__, ["--worker", e, *common], TOKENIZERS_PARALLELISM="false")
             runs[e].append(res)
             print(f"round {r + 1}: {e}: " + ", ".join(f"{k}={v:.0f}" for k, v in res.items()
                                                       if isinstance(v, float)), file=sys.stderr)
@@ -257,7 +250,7 @@ def main() -> None:
         "tokens": runs[engines[0]][0].get("tokens"),
         "gemm_peak_gflops": peak / 1e9,
         "linear_mflops_per_token": runs[engines[0]][0].get("linear_flops_per_token", 0) / 1e6,
-        "max_abs_diff_vs_transformers": spawn(["--parity", *common]),
+        "max_abs_diff_vs_transformers": spawn(__file__, ["--parity", *common], TOKENIZERS_PARALLELISM="false"),
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "results": summary,

@@ -24,13 +24,13 @@ import itertools
 import json
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from workers import spawn
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ["transformers", "bertkit", "bertkit-bf16"]
@@ -133,13 +133,6 @@ def worker(engine: str, steps: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def spawn(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20, help="steps of the transformers run")
@@ -157,7 +150,7 @@ def main() -> None:
     init_dir()
     runs = {}
     for e in ENGINES:
-        runs[e] = spawn(["--worker", e, "--steps", str(steps[e])])
+        runs[e] = spawn(__file__, ["--worker", e, "--steps", str(steps[e])])
         print(f"{e:<13} {runs[e]['tokens_per_s']:8.0f} tokens/s  peak RSS {runs[e]['peak_rss_mb']:,.0f} MB", flush=True)
     base = runs["transformers"]["tokens_per_s"]
     fp32, bf16 = np.array(runs["bertkit"]["losses"]), np.array(runs["bertkit-bf16"]["losses"])

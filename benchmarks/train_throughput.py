@@ -25,13 +25,13 @@ import itertools
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from workers import spawn
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ["transformers", "bertkit"]
@@ -126,13 +126,6 @@ def worker(engine: str, name: str, steps: int) -> dict:
             "real_tokens": tok, "padded_tokens": padded_tokens, "seconds": secs}
 
 
-def spawn(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -149,7 +142,7 @@ def main() -> None:
     for r in range(rounds):
         for w in loads:
             for e in ENGINES if r % 2 == 0 else ENGINES[::-1]:
-                res = spawn(["--worker", e, w, "--steps", str(steps)])
+                res = spawn(__file__, ["--worker", e, w, "--steps", str(steps)])
                 runs[w][e].append(res)
                 print(f"round {r + 1} {w:<7} {e:<13} {res['tokens_per_s']:8.0f} tokens/s", flush=True)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": 2},
