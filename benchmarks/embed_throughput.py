@@ -193,7 +193,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engines", default=",".join(ENGINES))
-    p.add_argument("--quick", action="store_true", help="200 texts, 1 round (a smoke test)")
+    p.add_argument("--quick", action="store_true", help="200 texts, 1 round (a smoke test; nothing written)")
     p.add_argument("--output", default=str(HERE / "results" / "embed_throughput.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--parity", action="store_true", help=argparse.SUPPRESS)
@@ -256,11 +256,12 @@ def main() -> None:
         "results": summary,
         "raw": runs,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    if not args.quick:  # a smoke test never replaces the committed measurement
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
     print(markdown(report))
 
 
