@@ -8,7 +8,7 @@
    held-out MLM accuracy at the start (a new, untrained head), after training the head alone (encoder frozen:
    what the encoder already knows), and after training everything for the same budget.
 
-    python benchmarks/pretrain_quality.py [--budget 20m] [--continued-budget 5m] [--skip-tiny]
+    python benchmarks/pretrain_quality.py [--budget 20m] [--continued-budget 5m] [--reuse]
 
 The corpus (python-docs + BBC News + tweets) contains the BBC articles' text, test split included, without
 labels: the fine-tuning comparison measures unsupervised pretraining on in-domain text.
@@ -58,47 +58,50 @@ def random_init_copy(pretrained: Path, out: Path) -> None:
     WordPieceTokenizer.from_dir(pretrained).save(out)
 
 
-def finetune(model: Path, out: Path, lr: str) -> dict:
-    secs = bertkit("finetune", "--config", str(HERE.parent / "recipes" / "bbc-news.yaml"), "--model", str(model),
-                   "--output", str(out), "--overwrite", "--no-progress", "--lr", lr)
-    r = json.loads((out / "results.json").read_text())
-    return {"test": r["test"], "dev": r["dev"], "seconds": round(secs, 1)}
+def run_once(out: Path, reuse: bool, *args: str) -> dict:
+    """``bertkit *args`` writing ``out``, unless ``reuse`` and ``out`` holds a finished run; its results.json."""
+    if not (reuse and (out / "results.json").is_file()):
+        bertkit(*args)
+    return json.loads((out / "results.json").read_text())
+
+
+def finetune(model: Path, out: Path, lr: str, reuse: bool) -> dict:
+    r = run_once(out, reuse, "finetune", "--config", str(HERE.parent / "recipes" / "bbc-news.yaml"), "--model",
+                 str(model), "--output", str(out), "--overwrite", "--no-progress", "--lr", lr)
+    return {"test": r["test"], "dev": r["dev"], "train_seconds": r["train_seconds"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", default="20m", help="tiny-cpu pretraining budget")
     ap.add_argument("--continued-budget", default="5m", help="each continued-pretraining run's budget")
-    ap.add_argument("--skip-tiny", action="store_true", help="reuse runs/pretrain_quality/tiny-cpu")
-    ap.add_argument("--skip-continued", action="store_true", help="reuse runs/pretrain_quality/minilm-*")
+    ap.add_argument("--reuse", action="store_true", help="keep runs in runs/pretrain_quality that finished")
     ap.add_argument("--out", default=str(HERE / "results" / "pretrain_quality.json"))
     args = ap.parse_args()
     report: dict = {"settings": {"budget": args.budget, "continued_budget": args.continued_budget}}
     tiny = RUNS / "tiny-cpu"
-    if not args.skip_tiny:
-        bertkit("pretrain", "--recipe", "tiny-cpu", "--output", str(tiny), "--overwrite",
-                f"training.time_budget={args.budget}", "training.progress=false")
-    r = json.loads((tiny / "results.json").read_text())
+    r = run_once(tiny, args.reuse, "pretrain", "--recipe", "tiny-cpu", "--output", str(tiny), "--overwrite",
+                 f"training.time_budget={args.budget}", "training.progress=false")
     report["tiny_cpu"] = {k: r[k] for k in ("steps", "train_seconds", "train_tokens", "train_tokens_per_s",
                                             "eval_at_start", "eval", "global_batch_size")}
     print(json.dumps(report["tiny_cpu"], indent=1), flush=True)
 
     random_init_copy(tiny, RUNS / "tiny-random")
     # the recipe's lr (1e-4, chosen for MiniLM) and 1e-3, which a small or random model may prefer
-    report["bbc_finetune"] = {f"{init} lr {lr}": finetune(model, RUNS / f"ft-{init}-{lr}", lr)
+    report["bbc_finetune"] = {f"{init} lr {lr}": finetune(model, RUNS / f"ft-{init}-{lr}", lr, args.reuse)
                               for lr in ("1e-4", "1e-3")
                               for init, model in (("pretrained", tiny), ("random_init", RUNS / "tiny-random"))}
     print(json.dumps(report["bbc_finetune"], indent=1), flush=True)
 
     cont = {}
-    for name, extra in (("head_only", ["freeze_encoder=true"]), ("full", [])):
+    # the head alone at the full run's lr and at 1e-3 (a new head may want more), then everything
+    for name, extra in (("head_only", ["freeze_encoder=true"]),
+                        ("head_only_lr_1e-3", ["freeze_encoder=true", "training.lr=1e-3"]), ("full", [])):
         out = RUNS / f"minilm-{name}"
-        if not args.skip_continued:
-            bertkit("pretrain", "--recipe", "tiny-cpu", "--output", str(out), "--overwrite",
-                    "init_from=all-MiniLM-L6-v2", "model={}", "training.lr=1e-4",
-                    f"training.time_budget={args.continued_budget}", "training.batch_size=32", "global_batch_size=32",
-                    "training.eval_every=50", "training.progress=false", *extra)
-        r = json.loads((out / "results.json").read_text())
+        r = run_once(out, args.reuse, "pretrain", "--recipe", "tiny-cpu", "--output", str(out), "--overwrite",
+                     "init_from=all-MiniLM-L6-v2", "model={}", "training.lr=1e-4",
+                     f"training.time_budget={args.continued_budget}", "training.batch_size=32", "global_batch_size=32",
+                     "training.eval_every=50", "training.progress=false", *extra)
         cont[name] = {k: r[k] for k in ("steps", "train_seconds", "train_tokens_per_s", "eval_at_start", "eval")}
     report["minilm_continued"] = cont
     print(json.dumps(cont, indent=1), flush=True)
