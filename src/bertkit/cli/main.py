@@ -6,12 +6,26 @@ import argparse
 import logging
 import sys
 
-from bertkit.cli import data, demo, embed, evaluate, fill_mask, finetune, info, predict, pretrain, tokenizer
+from bertkit.cli import (
+    data,
+    demo,
+    embed,
+    evaluate,
+    evaluate_retrieval,
+    fill_mask,
+    finetune,
+    info,
+    predict,
+    pretrain,
+    score,
+    tokenizer,
+)
 from bertkit.errors import BertkitError
 
 COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
-            "fill-mask": fill_mask}
+            "evaluate-retrieval": evaluate_retrieval,
+            "fill-mask": fill_mask, "score": score}
 
 
 def build_parser() -> argparse.ArgumentParser:

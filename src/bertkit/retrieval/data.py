@@ -1,0 +1,147 @@
+"""Retrieval data: queries, documents and relevance judgements (qrels), from files or built from BBC News.
+
+Files, as BEIR lays them out:
+  queries / documents  ``.jsonl`` objects with ``_id`` (or ``id``) and ``text`` (documents may add ``title``,
+                       which is prepended to the text), or ``.tsv`` rows ``id<TAB>text``
+  qrels                ``.tsv`` rows ``query-id<TAB>corpus-id<TAB>score`` (a header row is skipped)
+A missing or duplicate id, a qrels row naming an unknown query or document, or a bad score is an error
+naming the file and line.
+
+Built-in ``bbc-news``: each distinct title is a query, each distinct body a document, and a title's
+article bodies are its relevant documents (one, except where the package has two articles under one
+title). Queries are split 80/10/10 with a seed; the documents are all 2,092 distinct bodies for every
+split, so a test query searches the whole collection.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertkit.data.corpora import load_bbc_news
+from bertkit.data.text_files import json_object, read_lines
+from bertkit.errors import BertkitError, InputFileError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class RetrievalData:
+    queries: dict[str, str]  # id -> text
+    docs: dict[str, str]  # id -> text
+    qrels: dict[str, dict[str, float]]  # query id -> {doc id: relevance}
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for q, rel in self.qrels.items():
+            if q not in self.queries:
+                raise BertkitError(f"{self.source}: qrels name query {q!r}, which is not among the queries")
+            unknown = [d for d in rel if d not in self.docs]
+            if unknown:
+                raise BertkitError(f"{self.source}: qrels of query {q!r} name unknown document {unknown[0]!r}")
+
+    def describe(self) -> str:
+        judged = sum(len(r) for r in self.qrels.values())
+        return f"{self.source}: {len(self.queries):,} queries, {len(self.docs):,} documents, {judged:,} judgements"
+
+
+def read_texts_by_id(path: str | os.PathLike[str], what: str) -> dict[str, str]:
+    """A queries or documents file -> {id: text}, ids unique and non-empty."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".tsv"):
+        raise InputFileError(path, f"unsupported {what} format {suffix!r}; expected .jsonl or .tsv")
+    out: dict[str, str] = {}
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        if suffix == ".jsonl":
+            obj = json_object(path, line, n)
+            key = "_id" if "_id" in obj else "id"
+            if key not in obj:
+                raise InputFileError(path, f"missing field '_id' (fields: {', '.join(obj) or 'none'})", line=n)
+            if not isinstance(obj.get("text"), str):
+                raise InputFileError(path, "missing or non-string field 'text'", line=n)
+            ident, text = str(obj[key]), obj["text"]
+            if isinstance(obj.get("title"), str) and obj["title"].strip():
+                text = f"{obj['title'].strip()}. {text}"
+        else:
+            ident, sep, text = line.partition("\t")
+            if not sep:
+                raise InputFileError(path, "expected 'id<TAB>text'", line=n)
+        ident = ident.strip()
+        if not ident:
+            raise InputFileError(path, f"empty {what[:-1]} id", line=n)
+        if ident in out:
+            raise InputFileError(path, f"duplicate {what[:-1]} id {ident!r}", line=n)
+        out[ident] = text
+    if not out:
+        raise InputFileError(path, f"no {what} found")
+    return out
+
+
+def read_qrels(path: str | os.PathLike[str], queries: dict[str, str],
+               docs: dict[str, str]) -> dict[str, dict[str, float]]:
+    path = Path(path)
+    qrels: dict[str, dict[str, float]] = {}
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) == 4:  # TREC layout: query-id, iteration, doc-id, relevance
+            fields = [fields[0], fields[2], fields[3]]
+        if len(fields) != 3:
+            raise InputFileError(path, f"expected 'query-id<TAB>corpus-id<TAB>score', got {len(fields)} fields", line=n)
+        q, d, score = (f.strip() for f in fields)
+        try:
+            value = float(score)
+        except ValueError:
+            if n == 1:
+                continue  # a header row
+            raise InputFileError(path, f"score {score!r} is not a number", line=n) from None
+        if q not in queries:
+            raise InputFileError(path, f"unknown query id {q!r}", line=n)
+        if d not in docs:
+            raise InputFileError(path, f"unknown document id {d!r}", line=n)
+        qrels.setdefault(q, {})[d] = value
+    if not qrels:
+        raise InputFileError(path, "no judgements found")
+    return qrels
+
+
+def load_retrieval_files(queries: str | os.PathLike[str], docs: str | os.PathLike[str],
+                         qrels: str | os.PathLike[str]) -> RetrievalData:
+    q = read_texts_by_id(queries, "queries")
+    d = read_texts_by_id(docs, "documents")
+    judged = read_qrels(qrels, q, d)
+    # only judged queries are evaluated; the others are kept out so that nobody embeds them for nothing
+    return RetrievalData({k: q[k] for k in judged}, d, judged, source=str(qrels))
+
+
+def bbc_retrieval(split: str = "test", seed: int = 42) -> RetrievalData:
+    """BBC News title -> body retrieval; see the module docstring."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    articles = load_bbc_news(dedupe=True)
+    docs: dict[str, str] = {}
+    doc_of_body: dict[str, str] = {}
+    titles: dict[str, str] = {}  # title -> query id
+    qrels: dict[str, dict[str, float]] = {}
+    for a in articles:
+        stem = a.path.removesuffix(".txt")
+        if a.body not in doc_of_body:
+            doc_of_body[a.body] = f"d:{stem}"
+            docs[f"d:{stem}"] = a.body
+        q = titles.setdefault(a.title, f"q:{stem}")
+        qrels.setdefault(q, {})[doc_of_body[a.body]] = 1.0
+    ids = sorted(qrels)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_dev = n_test = round(0.1 * len(ids))
+    part = {"test": order[:n_test], "dev": order[n_test:n_test + n_dev], "train": order[n_test + n_dev:]}[split]
+    chosen = sorted(ids[i] for i in part)
+    queries = {q: t for t, q in titles.items()}
+    return RetrievalData({q: queries[q] for q in chosen}, docs, {q: qrels[q] for q in chosen},
+                         source=f"bbc-news:{split}")
