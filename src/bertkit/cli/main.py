@@ -19,13 +19,15 @@ from bertkit.cli import (
     pretrain,
     score,
     tokenizer,
+    train_embeddings,
 )
 from bertkit.errors import BertkitError
 
 COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
             "evaluate-retrieval": evaluate_retrieval,
-            "fill-mask": fill_mask, "score": score}
+            "fill-mask": fill_mask, "score": score,
+            "train-embeddings": train_embeddings}
 
 
 def build_parser() -> argparse.ArgumentParser:
