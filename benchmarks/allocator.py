@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from workers import write_report
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -67,11 +69,7 @@ def main() -> None:
     ratio = summary["tuned"]["tokens_per_s"] / summary["glibc default"]["tokens_per_s"]
     report = {"benchmark": "allocator", "batch_size": args.batch_size, "length": args.length,
               "rounds": args.rounds, "results": summary, "speedup": ratio, "raw": runs}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    write_report(args.output, report)
     print(f"batch {args.batch_size} x {args.length} tokens, median of {args.rounds} rounds\n")
     print("| allocator | tokens/s | minor page faults | sys s | peak RSS MB |\n|---|---:|---:|---:|---:|")
     for k, r in summary.items():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers import spawn
+from workers import spawn, write_report
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ["transformers-sdpa", "bertkit-unpadded", "bertkit-sdpa", "bertkit-reference"]
@@ -257,11 +257,7 @@ def main() -> None:
         "raw": runs,
     }
     if not args.quick:  # a smoke test never replaces the committed measurement
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(out)
+        write_report(args.output, report)
     print(markdown(report))
 
 

@@ -1,4 +1,5 @@
-"""Run one benchmark worker in a fresh process: its own threads, allocator state and peak RSS."""
+"""Benchmark plumbing: one worker in a fresh process (its own threads, allocator state and peak RSS), and the
+results file written atomically."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def spawn(script: str, args: list[str], **env: str) -> dict:
@@ -15,3 +17,12 @@ def spawn(script: str, args: list[str], **env: str) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_report(path: str | os.PathLike[str], report: dict) -> None:
+    """``report`` as indented JSON at ``path``, through a temp file: a killed run never leaves half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out)

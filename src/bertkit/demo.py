@@ -1,13 +1,14 @@
-"""The main job (``make demo``): semantic search over BBC News with the embedded default model."""
+"""The main job (``make demo``): semantic search over BBC News with the embedded default model (a saved vector
+index, re-ranked by a cross-encoder where one has been trained), then fine-tuning a topic classifier."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-import numpy as np
-
-from bertkit.data.corpora import load_bbc_news
-from bertkit.encoder import load
+from bertkit.encoder import Encoder, load
+from bertkit.errors import BertkitError
+from bertkit.retrieval.index import VectorIndex
 
 DEFAULT_QUERIES = (
     "shares fall as oil prices climb",
@@ -19,28 +20,62 @@ DEFAULT_QUERIES = (
 
 
 def search_demo(model: str | None = None, queries: tuple[str, ...] = DEFAULT_QUERIES, k: int = 3,
-                limit: int | None = None, batch_size: int = 32) -> dict[str, float]:
-    articles = load_bbc_news(dedupe=True)[:limit]
+                limit: int | None = None, batch_size: int = 32, index_dir: str | Path = "runs/demo-index",
+                reranker: str | Path | None = "runs/bbc-reranker", rerank_top: int = 20) -> dict[str, float]:
+    """Index BBC News (or reuse the index built before with the same model and articles) and search it;
+    where a cross-encoder has been trained (``bertkit train-reranker``), re-rank the top ``rerank_top``."""
+    from bertkit.cli.index import bbc_documents
+
+    ids, texts, metadata = (x[:limit] for x in bbc_documents())
     enc = load(model)
-    docs = [f"{a.title}. {a.body}" for a in articles]
-    n_tokens = sum(min(n, enc.max_length) for n in enc.tokenizer.encode(docs, max_length=10**9).lengths)
-    print(f"Embedding {len(docs)} BBC News articles with {enc.name} "
-          f"({enc.model.config.num_hidden_layers} layers, path={enc.model.path}, max_length={enc.max_length})")
-    t0 = time.perf_counter()
-    doc_vecs = enc.embed(docs, batch_size=batch_size, progress=True)  # (n_docs, hidden), L2-normalized
-    dt = time.perf_counter() - t0
-    stats = {"docs": len(docs), "seconds": dt, "docs_per_s": len(docs) / dt, "tokens_per_s": n_tokens / dt}
-    print(f"  {len(docs)} docs, {n_tokens:,} tokens in {dt:.1f} s: "
-          f"{stats['docs_per_s']:.0f} docs/s, {stats['tokens_per_s']:,.0f} tokens/s\n")
-    query_vecs = enc.embed(list(queries))
-    scores = query_vecs @ doc_vecs.T  # cosine similarity: both sides are unit vectors
-    for q, row in zip(queries, scores, strict=True):
+    stats: dict[str, float] = {"docs": len(texts)}
+    index = _reusable_index(index_dir, enc, ids)
+    if index is None:
+        n_tokens = sum(min(n, enc.max_length) for n in enc.tokenizer.encode(texts, max_length=10**9).lengths)
+        print(f"Indexing {len(texts)} BBC News articles with {enc.name} "
+              f"({enc.model.config.num_hidden_layers} layers, path={enc.model.path}, max_length={enc.max_length})")
+        t0 = time.perf_counter()
+        index = VectorIndex.build(enc, ids, texts, metadata, batch_size=batch_size, progress=True)
+        dt = time.perf_counter() - t0
+        index.save(index_dir)
+        stats.update(seconds=dt, docs_per_s=len(texts) / dt, tokens_per_s=n_tokens / dt)
+        print(f"  {len(texts)} docs, {n_tokens:,} tokens embedded in {dt:.1f} s: {stats['docs_per_s']:.0f} docs/s, "
+              f"{stats['tokens_per_s']:,.0f} tokens/s; {index.active_kind} index saved to {index_dir}\n")
+    else:
+        print(f"Searching the index in {index_dir} ({len(index)} BBC News articles, {enc.name}, built before)\n")
+    rr = None
+    if reranker is not None and (Path(reranker) / "config.json").is_file():
+        from bertkit.retrieval.reranker import Reranker
+
+        rr = Reranker.from_pretrained(reranker)
+        how = f"logit + {rr.fusion_weight:g} x cosine" if rr.fusion_weight is not None else "its logit"
+        print(f"Re-ranking the top {rerank_top} with the cross-encoder in {reranker} ({how})\n")
+    scores, found = index.search_text(enc, list(queries), max(k, rerank_top) if rr else k)
+    for q, row_ids, row_scores in zip(queries, found, scores, strict=True):
+        hits = list(zip(row_ids, row_scores.tolist(), strict=True))
+        if rr is not None:
+            fuse = [s for _, s in hits] if rr.fusion_weight is not None else None  # logit + w x cosine
+            hits = [(hits[j][0], s) for j, s in rr.rank(q, [index.document(i) for i, _ in hits], top_k=k,
+                                                        first_stage_scores=fuse)]
         print(f"query: {q}")
-        for rank, i in enumerate(np.argsort(-row)[:k], start=1):
-            a = articles[i]
-            print(f"  {rank}. [{row[i]:.3f}] ({a.topic}) {a.title}")
+        for rank, (ident, score) in enumerate(hits[:k], start=1):
+            m = index.get(ident)
+            print(f"  {rank}. [{score:.3f}] ({m['topic']}) {m['title']}")
         print()
     return stats
+
+
+def _reusable_index(index_dir: str | Path, enc: Encoder, ids: list[str]) -> VectorIndex | None:
+    """The index saved in ``index_dir`` when it holds exactly these articles embedded by this model, else None."""
+    if not (Path(index_dir) / "index.json").is_file():
+        return None
+    try:
+        index = VectorIndex.load(index_dir)
+        index.check_encoder(enc)
+    except BertkitError as e:
+        print(f"(rebuilding the index in {index_dir}: {e})")
+        return None
+    return index if index.ids == ids and index.model.get("max_length") == enc.max_length else None
 
 
 UNSEEN_HEADLINES = (

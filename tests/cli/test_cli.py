@@ -85,10 +85,39 @@ def test_console_script_end_to_end(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["vocab_size"] == 30522
 
 
-def test_demo_runs_on_a_slice(capsys):
-    assert main(["demo", "--limit", "60", "-k", "2", "--query", "oil prices", "--skip-finetune"]) == 0
+def test_demo_runs_on_a_slice(capsys, tmp_path):
+    args = ["demo", "--limit", "60", "-k", "2", "--query", "oil prices", "--skip-finetune", "--index",
+            str(tmp_path / "index"), "--reranker", str(tmp_path / "no-reranker")]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "query: oil prices" in out and "tokens/s" in out and "  1. [" in out
+    assert "query: oil prices" in out and "tokens/s" in out and "  1. [" in out and "Re-ranking" not in out
+    assert (tmp_path / "index" / "index.json").is_file()
+    assert main(args) == 0  # the second run searches the saved index
+    again = capsys.readouterr().out
+    assert "built before" in again and again.split("query:")[1] == out.split("query:")[1]
+
+
+def test_demo_reranks_where_a_reranker_exists(capsys, tmp_path, minilm_dir):
+    transformers = pytest.importorskip("transformers")
+    from tests.conftest import copy_tokenizer
+
+    rr = tmp_path / "reranker"  # an untrained cross-encoder: the order is arbitrary but must come from it
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    transformers.BertForSequenceClassification(cfg).eval().save_pretrained(rr)
+    copy_tokenizer(minilm_dir, rr)
+    assert main(["demo", "--limit", "30", "-k", "2", "--query", "oil prices", "--skip-finetune", "--index",
+                 str(tmp_path / "index"), "--reranker", str(rr)]) == 0
+    out = capsys.readouterr().out
+    assert "Re-ranking the top 20" in out and "(its logit)" in out
+
+    from bertkit.retrieval.index import VectorIndex
+    from bertkit.retrieval.reranker import Reranker
+
+    idx = VectorIndex.load(tmp_path / "index")
+    _, found = idx.search_text(idx.load_encoder(), ["oil prices"], 20)
+    best = Reranker.from_pretrained(rr).rank("oil prices", [idx.document(i) for i in found[0]], top_k=1)[0][0]
+    assert idx.get(found[0][best])["title"] in out.split("  1. [")[1].splitlines()[0]
 
 
 def test_demo_finetune_part_on_a_tiny_model(minilm_dir, tmp_path, capsys, one_thread):

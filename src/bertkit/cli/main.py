@@ -14,20 +14,22 @@ from bertkit.cli import (
     evaluate_retrieval,
     fill_mask,
     finetune,
+    index,
     info,
     predict,
     pretrain,
     score,
     tokenizer,
     train_embeddings,
+    train_reranker,
 )
 from bertkit.errors import BertkitError
 
 COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
-            "evaluate-retrieval": evaluate_retrieval,
+            "evaluate-retrieval": evaluate_retrieval, "index": index,
             "fill-mask": fill_mask, "score": score,
-            "train-embeddings": train_embeddings}
+            "train-embeddings": train_embeddings, "train-reranker": train_reranker}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``bertkit train-embeddings``: fine-tune a bi-encoder with in-batch negatives on (query, document) pairs."""
+"""``bertkit train-embeddings``: a bi-encoder from (query, document) pairs (in-batch and hard negatives,
+optionally distilled from a cross-encoder), or from raw text alone (``--mirror``: Mirror-BERT)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,39 @@ import argparse
 import json
 
 from bertkit.encoder import load
-from bertkit.retrieval.biencoder import train_embeddings
 from bertkit.retrieval.data import bbc_retrieval, load_retrieval_files
 from bertkit.retrieval.search import evaluate_retrieval
-from bertkit.train.engine import TrainConfig, parse_duration
+from bertkit.train.engine import PRECISIONS, TrainConfig, parse_duration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-embeddings", help="train a bi-encoder (multiple-negatives ranking loss)")
+    p = sub.add_parser("train-embeddings", help="train a bi-encoder (in-batch negatives, Mirror-BERT, distillation)")
     p.add_argument("--model", default=None, help="starting model (default all-MiniLM-L6-v2)")
     p.add_argument("--dataset", choices=["bbc-news"], help="built-in: BBC titles -> bodies (train / dev / test)")
     p.add_argument("--queries"), p.add_argument("--docs"), p.add_argument("--qrels")
     p.add_argument("--output", "-o", required=True)
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
-    p.add_argument("--scale", type=float, default=20.0, help="similarity scale of the loss (1 / temperature)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="similarity scale of the loss, 1 / temperature (default 20; 25 with --mirror)")
     p.add_argument("--max-length", type=int, default=None)
+    g = p.add_argument_group("hard negatives and distillation")
+    g.add_argument("--negatives", type=int, default=0, help="hard negatives per query, mined by --retriever")
+    g.add_argument("--retriever", default=None, help="bi-encoder that mines them (default: --model)")
+    g.add_argument("--teacher", default=None, help="cross-encoder (bertkit train-reranker output) to distill from")
+    g.add_argument("--distill-weight", type=float, default=1.0)
+    m = p.add_argument_group("Mirror-BERT (raw text only)")
+    m.add_argument("--mirror", action="store_true", help="self-supervised: each sentence is its own positive")
+    m.add_argument("--corpus", nargs="+", default=None,
+                   help="raw text sources (files, folders, python-docs, bbc-news, tweets); default with "
+                        "--dataset/--docs: the sentences of the documents searched")
+    m.add_argument("--max-texts", type=int, default=10_000, help="sentences sampled from the corpus")
+    m.add_argument("--span", type=int, default=2, help="[MASK]ed tokens per view")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout while training (Mirror-BERT needs some)")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per batch: each query's negatives")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per batch: each query's negatives "
+                                                                "(default 32; 64 with --mirror)")
     p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--time-budget", default=None)
     p.add_argument("--resume", action="store_true"), p.add_argument("--overwrite", action="store_true")
@@ -36,13 +52,43 @@ def run(args: argparse.Namespace) -> int:
         train, dev, test = (bbc_retrieval(s, seed=args.seed) for s in ("train", "dev", "test"))
     elif args.queries and args.docs and args.qrels:
         train, dev, test = load_retrieval_files(args.queries, args.docs, args.qrels), None, None
+    elif args.mirror and args.corpus:
+        train = dev = test = None
     else:
-        raise ValueError("give --dataset bbc-news, or all three of --queries, --docs and --qrels")
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, warmup_ratio=0.1,
+        raise ValueError("--mirror needs --corpus SRC..., or --dataset / --queries --docs --qrels whose documents it "
+                         "reads" if args.mirror else "give --dataset bbc-news, or all three of --queries, --docs and "
+                         "--qrels")
+    if not args.mirror and args.corpus:
+        raise ValueError("--corpus is raw text for --mirror")
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or (64 if args.mirror else 32), lr=args.lr,
+                       seed=args.seed, warmup_ratio=0.1, precision=args.precision,
                        time_budget=parse_duration(args.time_budget), progress=not args.no_progress)
-    result = train_embeddings(args.output, train, dev, model=args.model or "all-MiniLM-L6-v2", pooling=args.pooling,
-                              scale=args.scale, max_length=args.max_length, training=tcfg, resume=args.resume,
-                              overwrite=args.overwrite)
+    model = args.model or "all-MiniLM-L6-v2"
+    common = {"model": model, "pooling": args.pooling, "training": tcfg, "resume": args.resume,
+              "overwrite": args.overwrite}
+    if args.mirror:
+        from bertkit.retrieval.mirror import corpus_sentences, mirror_bert, raw_sentences
+
+        texts = (corpus_sentences(args.corpus, max_texts=args.max_texts, seed=args.seed) if args.corpus
+                 else raw_sentences(train.docs.values(), max_texts=args.max_texts, seed=args.seed))
+        result = mirror_bert(args.output, texts, dev, scale=args.scale or 25.0, span=args.span, dropout=args.dropout,
+                             max_length=args.max_length or 64, **common)
+    else:
+        from bertkit.retrieval.biencoder import train_embeddings
+
+        negatives = teacher = None
+        if args.teacher and not args.negatives:
+            raise ValueError("--teacher needs hard negatives: add --negatives N")
+        if args.negatives:
+            from bertkit.retrieval.search import mine_hard_negatives
+
+            negatives = mine_hard_negatives(load(args.retriever or model), train, args.negatives, seed=args.seed)
+        if args.teacher:
+            from bertkit.retrieval.reranker import Reranker
+
+            teacher = Reranker.from_pretrained(args.teacher)
+        result = train_embeddings(args.output, train, dev, scale=args.scale or 20.0, max_length=args.max_length,
+                                  negatives=negatives, teacher=teacher, distill_weight=args.distill_weight, **common)
     report = {"output": str(result.output_dir), "steps": result.state.step, "dev": result.dev}
     if test is not None:
         report["test"] = evaluate_retrieval(load(result.output_dir), test, batch_size=64)

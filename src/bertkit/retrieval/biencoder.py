@@ -1,10 +1,16 @@
 """Bi-encoder training with in-batch negatives (multiple-negatives ranking loss, as sentence-transformers' MNRL).
 
-Each batch holds n (query, positive document) pairs. Queries and documents go through the same encoder
-(padding-free), are mean- or CLS-pooled and L2-normalised; the loss is cross-entropy over the scaled
-cosine similarities ``scale * q_i . d_j``, the target of query i being its own document i: every other
-document of the batch is a negative. A document that is the positive of two queries in one batch is
-not a negative for either (its other copies are masked out).
+Each batch holds n (query, positive document) pairs, optionally with h hard negatives per query.
+Queries and documents go through the same encoder (padding-free), are mean- or CLS-pooled and
+L2-normalised; the loss is cross-entropy over the scaled cosine similarities ``scale * q_i . d_j``, the
+target of query i being its own document i: every other document of the batch (the other positives and
+all hard negatives) is a negative. A document that is the positive of query i is never a negative for
+query i, wherever else it appears in the batch (its other copies are masked out).
+
+Distilled sentence embedding: with a cross-encoder teacher, each query's scores over its group
+(positive, h hard negatives) are also pulled towards the teacher's by a KL term,
+``KL(softmax(teacher / T) || softmax(scale * q . d))``, so the bi-encoder learns the cross-encoder's
+graded judgements, not just "this one, not those".
 
 The saved directory is an HF BertModel plus the sentence-transformers files (``modules.json``,
 ``sentence_bert_config.json``, ``1_Pooling/config.json``, a Normalize module), so both ``bertkit.load``
@@ -18,8 +24,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,17 +49,28 @@ from bertkit.utils.atomic import atomic_write_text
 log = logging.getLogger("bertkit")
 
 
+def _pack(seqs: list[list[int]]) -> tuple[Tensor, Packing]:
+    """Token lists -> ids (total_tokens,) and their Packing."""
+    return torch.tensor([t for x in seqs for t in x]), Packing.from_lengths([len(x) for x in seqs])
+
+
 @dataclass
 class PairBatch:
-    """n (query, document) pairs, each side packed: ids (total_tokens,) with its Packing."""
+    """n (query, positive) pairs and n*h hard negatives, each side packed: ids (total_tokens,) with a Packing.
+
+    Documents are the n positives then the hard negatives, query by query: d_keys (n + n*h,) holds each
+    one's identity, to mask copies of a query's positive. teacher (n, 1 + h): a cross-encoder's scores of
+    each query's group (positive first), for distillation.
+    """
 
     q_ids: Tensor
     q_packing: Packing
     d_ids: Tensor
     d_packing: Packing
-    d_keys: Tensor  # (n,) document identity, to mask duplicates of a positive
+    d_keys: Tensor
     num_tokens: int
     num_units: int  # pairs
+    teacher: Tensor | None = None
 
     def to(self, device: torch.device) -> PairBatch:
         if self.q_ids.device == device:
@@ -59,31 +78,36 @@ class PairBatch:
         move = lambda p: Packing(p.cu_seqlens.to(device), p.lengths, p.runs)  # noqa: E731
         return dataclasses.replace(self, q_ids=self.q_ids.to(device), q_packing=move(self.q_packing),
                                    d_ids=self.d_ids.to(device), d_packing=move(self.d_packing),
-                                   d_keys=self.d_keys.to(device))
+                                   d_keys=self.d_keys.to(device),
+                                   teacher=None if self.teacher is None else self.teacher.to(device))
 
 
 def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[int], batch_size: int, seed: int,
-                 epoch: int) -> list[PairBatch]:
-    """Shuffled by (seed, epoch) into batches of ``batch_size`` pairs; a last batch of one pair is dropped
-    (it would have no negative)."""
+                 epoch: int, negatives: list[list[list[int]]] | None = None, neg_keys: list[list[int]] | None = None,
+                 teacher: np.ndarray | None = None) -> list[PairBatch]:
+    """Shuffled by (seed, epoch) into batches of ``batch_size`` pairs; a last batch of one pair without hard
+    negatives is dropped (it would have no negative). ``negatives[i]``: pair i's h hard negatives (token
+    lists), ``neg_keys[i]`` their identities; ``teacher`` (n_pairs, 1 + h) the cross-encoder's group scores."""
     order = np.random.default_rng([seed, epoch]).permutation(len(q_ids))
     out = []
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        if len(idx) < 2:
+        if len(idx) < 2 and not (negatives and negatives[idx[0]]):
             continue
-        qs, ds = [q_ids[i] for i in idx], [d_ids[i] for i in idx]
-        out.append(PairBatch(torch.tensor([t for x in qs for t in x]), Packing.from_lengths([len(x) for x in qs]),
-                             torch.tensor([t for x in ds for t in x]), Packing.from_lengths([len(x) for x in ds]),
-                             torch.tensor([d_keys[i] for i in idx]), sum(map(len, qs)) + sum(map(len, ds)),
-                             len(idx)))
+        qs = [q_ids[i] for i in idx]
+        ds = [d_ids[i] for i in idx] + ([x for i in idx for x in negatives[i]] if negatives else [])
+        keys = [d_keys[i] for i in idx] + ([k for i in idx for k in neg_keys[i]] if neg_keys else [])
+        out.append(PairBatch(*_pack(qs), *_pack(ds), torch.tensor(keys), sum(map(len, qs)) + sum(map(len, ds)),
+                             len(idx), None if teacher is None else torch.from_numpy(teacher[idx]).float()))
     return out
 
 
 class BiEncoder(nn.Module):
-    def __init__(self, encoder: BertModel, pooling: str = "mean", scale: float = 20.0) -> None:
+    def __init__(self, encoder: BertModel, pooling: str = "mean", scale: float = 20.0, distill_weight: float = 0.0,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.encoder, self.pooling, self.scale = encoder, pooling, scale
+        self.distill_weight, self.temperature = distill_weight, temperature
         if encoder.pooler is not None:  # sentence embeddings never use it; DDP must not wait for its gradient
             encoder.pooler.requires_grad_(False)
 
@@ -93,15 +117,37 @@ class BiEncoder(nn.Module):
 
     def forward(self, b: PairBatch) -> Tensor:
         q, d = self.embed(b.q_ids, b.q_packing), self.embed(b.d_ids, b.d_packing)
-        return in_batch_loss(q, d, b.d_keys, self.scale)
+        loss = in_batch_loss(q, d, b.d_keys, self.scale)
+        if b.teacher is not None and self.distill_weight > 0:
+            loss = loss + self.distill_weight * distill_loss(self.scale * group_scores(q, d), b.teacher,
+                                                             self.temperature)
+        return loss
 
 
 def in_batch_loss(q: Tensor, d: Tensor, d_keys: Tensor, scale: float) -> Tensor:
-    """q, d (n, dim) unit rows, d_keys (n,) -> mean cross-entropy of each query against all documents."""
-    scores = scale * (q @ d.T)  # (n, n)
-    same = (d_keys[None, :] == d_keys[:, None]) & ~torch.eye(len(d_keys), dtype=torch.bool, device=q.device)
+    """q (n, dim), d (m >= n, dim) unit rows, the first n being the positives; d_keys (m,) -> mean
+    cross-entropy of each query against all m documents."""
+    n = len(q)
+    scores = scale * (q @ d.T)  # (n, m)
+    same = d_keys[None, :] == d_keys[:n, None]  # (n, m): copies of query i's positive
+    same[torch.arange(n), torch.arange(n)] = False
     scores = scores.masked_fill(same, float("-inf"))  # a copy of my positive is not my negative
-    return F.cross_entropy(scores, torch.arange(len(q), device=q.device))
+    return F.cross_entropy(scores, torch.arange(n, device=q.device))
+
+
+def group_scores(q: Tensor, d: Tensor) -> Tensor:
+    """q (n, dim), d (n + n*h, dim) laid out as in PairBatch -> (n, 1 + h): each query against its own
+    positive and hard negatives."""
+    n = len(q)
+    h = (len(d) - n) // n
+    group = torch.cat([d[:n, None], d[n:].view(n, h, -1)], dim=1)  # (n, 1 + h, dim)
+    return torch.einsum("nd,ngd->ng", q, group)
+
+
+def distill_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """student, teacher (n, g) scores of the same groups -> mean KL(softmax(teacher / T) || softmax(student))."""
+    target = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(F.log_softmax(student.float(), dim=-1), target, log_target=True, reduction="batchmean")
 
 
 def save_sentence_transformer(encoder: Encoder, directory: Path, pooling: str) -> None:
@@ -128,42 +174,110 @@ class EmbeddingTrainResult:
     dev: dict[str, float] | None
 
 
+def load_base(model: str, max_length: int | None) -> tuple[BertModel, Encoder]:
+    """The starting encoder, and an Encoder around the same (trained in place) weights for tokenizing,
+    evaluating and saving."""
+    model_dir = resolve_model_dir(model)
+    base, _ = load_pretrained(model_dir)
+    return base, Encoder(base, WordPieceTokenizer.from_dir(model_dir),
+                         max_length or default_max_length(model_dir, base.config.max_position_embeddings),
+                         str(model_dir))
+
+
+def fit_biencoder(out: Path, bi: BiEncoder, enc: Encoder, tcfg: TrainConfig, batches: Callable[[int], list[PairBatch]],
+                  dev: RetrievalData | None, fingerprint: dict[str, Any], resume: bool) -> EmbeddingTrainResult:
+    """Train with the engine, keeping the best by dev NDCG@10 (or the last, without dev data)."""
+
+    def evaluate(_m: nn.Module) -> dict[str, float]:
+        return evaluate_retrieval(enc, dev, batch_size=64)
+
+    trainer = Trainer(bi, tcfg, batches=batches, loss_fn=lambda m, b: m(b), output_dir=out,
+                      evaluate=evaluate if dev is not None else None,
+                      on_best=lambda _m, _x: save_sentence_transformer(enc, out, bi.pooling),
+                      fingerprint={**fingerprint, "pooling": bi.pooling, "scale": bi.scale})
+    t0 = time.perf_counter()
+    state = trainer.fit(resume=resume)
+    if dev is None:
+        save_sentence_transformer(enc, out, bi.pooling)
+    best = state.history[[h["step"] for h in state.history].index(state.best_step)] if state.best_step else None
+    log.info("embeddings trained in %.0f s; best dev %s", time.perf_counter() - t0, best)
+    return EmbeddingTrainResult(out, state, best)
+
+
+class PairScorer(Protocol):
+    def score(self, query: str, docs: list[str]) -> np.ndarray: ...
+
+
 def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, dev: RetrievalData | None = None, *,
                      model: str = DEFAULT_MODEL, pooling: str = "mean", scale: float = 20.0,
-                     max_length: int | None = None, training: TrainConfig | None = None, resume: bool = False,
+                     max_length: int | None = None, negatives: dict[str, list[str]] | None = None,
+                     teacher: PairScorer | None = None, distill_weight: float = 1.0, temperature: float = 1.0,
+                     training: TrainConfig | None = None, resume: bool = False,
                      overwrite: bool = False) -> EmbeddingTrainResult:
-    """Fine-tune a bi-encoder on ``train``'s (query, relevant document) pairs; keep the best by dev NDCG@10."""
+    """Fine-tune a bi-encoder on ``train``'s (query, relevant document) pairs; keep the best by dev NDCG@10.
+
+    ``negatives``: query id -> hard negative document ids (the same number for every query, e.g. from
+    ``mine_hard_negatives``). ``teacher``: a cross-encoder whose scores of each (positive, negatives)
+    group the bi-encoder is distilled towards, with weight ``distill_weight``; it needs ``negatives``.
+    """
     tcfg = training or TrainConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1)
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
     out = Path(output_dir)
     pairs = [(q, d) for q, rel in train.qrels.items() for d, r in rel.items() if r > 0]
     if len(pairs) < 2:
         raise ValueError(f"{train.source}: {len(pairs)} (query, relevant document) pairs; need at least 2")
+    if teacher is not None and not negatives:
+        raise ValueError("distillation from a cross-encoder needs hard negatives (its scores are over "
+                         "each query's positive and negatives)")
+    negs = None
+    if negatives:
+        pairs, negs = _check_negatives(negatives, pairs, train)
     prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", "modules.json",
                                                 "sentence_bert_config.json", "metrics.jsonl", "training_curve.png"))
-    model_dir = resolve_model_dir(model)
-    base, _ = load_pretrained(model_dir)
-    enc = Encoder(base, WordPieceTokenizer.from_dir(model_dir),
-                  max_length or default_max_length(model_dir, base.config.max_position_embeddings), str(model_dir))
-    doc_index = {d: i for i, d in enumerate(sorted({d for _, d in pairs}))}
+    base, enc = load_base(model, max_length)
+    doc_index = {d: i for i, d in enumerate(sorted(train.docs))}
     q_tok = enc.tokenize([train.queries[q] for q, _ in pairs]).ids
     d_tok = enc.tokenize([train.docs[d] for _, d in pairs]).ids
     keys = [doc_index[d] for _, d in pairs]
-    bi = BiEncoder(base, pooling, scale)
-    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives), pooling %s, scale %g",
-             model_dir.name, train.source, len(pairs), tcfg.batch_size, pooling, scale)
+    n_tok = n_keys = scores = None
+    if negs:
+        flat = enc.tokenize([train.docs[d] for row in negs for d in row]).ids
+        h = len(negs[0])
+        n_tok = [flat[i * h:(i + 1) * h] for i in range(len(negs))]
+        n_keys = [[doc_index[d] for d in row] for row in negs]
+    if teacher is not None:
+        t0 = time.perf_counter()
+        scores = np.stack([teacher.score(train.queries[q], [train.docs[d] for d in [pos, *row]])
+                           for (q, pos), row in zip(pairs, negs, strict=True)]).astype(np.float32)
+        log.info("teacher scored %d groups of %d in %.0f s", len(pairs), scores.shape[1], time.perf_counter() - t0)
+    bi = BiEncoder(base, pooling, scale, distill_weight if teacher is not None else 0.0, temperature)
+    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s), pooling %s, "
+             "scale %g", enc.name, train.source, len(pairs), tcfg.batch_size,
+             f" + {len(negs[0])} hard negatives each" if negs else "",
+             f", distilled from a cross-encoder, weight {distill_weight}" if teacher is not None else "",
+             pooling, scale)
+    return fit_biencoder(
+        out, bi, enc, tcfg, lambda e: pair_batches(q_tok, d_tok, keys, tcfg.batch_size, tcfg.seed, e, n_tok, n_keys,
+                                                   scores),
+        dev, {"model": enc.name, "pairs": len(pairs), "negatives": len(negs[0]) if negs else 0,
+              "teacher": teacher is not None}, resume)
 
-    def evaluate(_m: nn.Module) -> dict[str, float]:
-        return evaluate_retrieval(enc, dev, batch_size=64)
 
-    trainer = Trainer(bi, tcfg, batches=lambda e: pair_batches(q_tok, d_tok, keys, tcfg.batch_size, tcfg.seed, e),
-                      loss_fn=lambda m, b: m(b), output_dir=out, evaluate=evaluate if dev is not None else None,
-                      on_best=lambda _m, _x: save_sentence_transformer(enc, out, pooling),
-                      fingerprint={"model": str(model_dir), "pairs": len(pairs), "pooling": pooling, "scale": scale})
-    t0 = time.perf_counter()
-    state = trainer.fit(resume=resume)
-    if dev is None:
-        save_sentence_transformer(enc, out, pooling)
-    best = state.history[[h["step"] for h in state.history].index(state.best_step)] if state.best_step else None
-    log.info("embeddings trained in %.0f s; best dev %s", time.perf_counter() - t0, best)
-    return EmbeddingTrainResult(out, state, best)
+def _check_negatives(negatives: dict[str, list[str]], pairs: list[tuple[str, str]],
+                     train: RetrievalData) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """The pairs whose query has the full number of hard negatives (the most any query has), and those
+    negatives; the others are left out with a warning (a retriever can find too few non-relevant documents)."""
+    h = max((len(v) for v in negatives.values()), default=0)
+    if h == 0:
+        raise ValueError("hard negatives: every list is empty")
+    for q, row in negatives.items():
+        unknown = [d for d in row if d not in train.docs]
+        if unknown:
+            raise ValueError(f"hard negatives of query {q!r} name unknown documents: {', '.join(unknown[:5])}")
+    kept = [(q, d) for q, d in pairs if len(negatives.get(q, ())) == h]
+    if len(kept) < len(pairs):
+        log.warning("hard negatives: %d of %d pairs left out, their query has fewer than %d", len(pairs) - len(kept),
+                    len(pairs), h)
+    if len(kept) < 2:
+        raise ValueError(f"hard negatives: only {len(kept)} pairs have {h} of them; need at least 2")
+    return kept, [negatives[q] for q, _ in kept]

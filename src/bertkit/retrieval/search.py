@@ -1,4 +1,5 @@
-"""Exact nearest-neighbour search by inner product (cosine for unit vectors), in blocks of queries.
+"""Exact nearest-neighbour search by inner product (cosine for unit vectors), in blocks of queries; first-stage
+runs of a bi-encoder over RetrievalData, their evaluation, and hard-negative mining from them.
 
 The exact baseline every approximate index is measured against, and the right choice for small collections.
 """
@@ -22,7 +23,8 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int, block: int = 102
     scores, idx = [], []
     for s in range(0, len(queries), block):  # (block, n_d) scores at a time: bounded memory
         q = torch.from_numpy(np.ascontiguousarray(queries[s:s + block], dtype=np.float32))
-        top = torch.topk(q @ d.T, k, dim=1)
+        with torch.autocast("cpu", enabled=False):  # exact means fp32, also when called inside a bf16 region
+            top = torch.topk(q @ d.T, k, dim=1)
         scores.append(top.values.numpy())
         idx.append(top.indices.numpy())
     return np.concatenate(scores), np.concatenate(idx)
@@ -31,9 +33,48 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int, block: int = 102
 def evaluate_retrieval(encoder: Encoder, data: RetrievalData, ks: tuple[int, ...] = DEFAULT_KS,
                        batch_size: int = 32) -> dict[str, float]:
     """Embed documents and queries, rank all documents for each query exactly, score against the qrels."""
-    doc_ids, q_ids = list(data.docs), list(data.queries)
-    doc_vecs = encoder.embed([data.docs[d] for d in doc_ids], batch_size=batch_size)
+    return evaluate_run(retrieve(encoder, data, max(max(ks), 10), batch_size=batch_size), data.qrels, ks)
+
+
+def retrieve_scored(encoder: Encoder, data: RetrievalData, k: int, doc_vectors: np.ndarray | None = None,
+                    batch_size: int = 64) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """The bi-encoder's top k document ids of every query, best first (exact search), and their scores.
+
+    ``doc_vectors`` (n_docs, dim), in ``data.docs`` order, spares re-embedding the collection across splits.
+    """
+    doc_ids = list(data.docs)
+    if doc_vectors is None:
+        doc_vectors = encoder.embed([data.docs[d] for d in doc_ids], batch_size=batch_size)
+    q_ids = list(data.queries)
     q_vecs = encoder.embed([data.queries[q] for q in q_ids], batch_size=batch_size)
-    _, idx = exact_search(q_vecs, doc_vecs, max(max(ks), 10))
-    run = {q: [doc_ids[j] for j in row] for q, row in zip(q_ids, idx, strict=True)}
-    return evaluate_run(run, data.qrels, ks)
+    scores, idx = exact_search(q_vecs, doc_vectors, k)
+    return ({q: [doc_ids[j] for j in row] for q, row in zip(q_ids, idx, strict=True)},
+            {q: row.tolist() for q, row in zip(q_ids, scores, strict=True)})
+
+
+def retrieve(encoder: Encoder, data: RetrievalData, k: int, doc_vectors: np.ndarray | None = None,
+             batch_size: int = 64) -> dict[str, list[str]]:
+    """The bi-encoder's top k document ids of every query, best first."""
+    return retrieve_scored(encoder, data, k, doc_vectors, batch_size)[0]
+
+
+def mine_hard_negatives(encoder: Encoder, data: RetrievalData, n: int, top: int = 50, seed: int = 42,
+                        sample: bool = False, doc_vectors: np.ndarray | None = None) -> dict[str, list[str]]:
+    """For each judged query, n documents the retriever ranks in its top ``top`` that are not relevant.
+
+    Default: the n highest ranked (the hardest, and the ones re-ranking sees at test time). ``sample``: n drawn
+    uniformly (seeded per query) from the top ``top`` non-relevant ones instead. A query with fewer than n
+    candidates gets what there is.
+    """
+    if n < 1 or top < n:
+        raise ValueError(f"need 1 <= n <= top, got n={n}, top={top}")
+    depth = top + max((len(r) for r in data.qrels.values()), default=0)  # room for the relevant ones skipped
+    run = retrieve(encoder, data, depth, doc_vectors)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[str]] = {}
+    for q in sorted(data.qrels):
+        relevant = {d for d, r in data.qrels[q].items() if r > 0}
+        pool = [d for d in run[q] if d not in relevant][:top]
+        out[q] = [pool[i] for i in sorted(rng.choice(len(pool), min(n, len(pool)), replace=False))] if sample \
+            else pool[:n]
+    return out
