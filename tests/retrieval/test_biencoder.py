@@ -138,13 +138,13 @@ def test_tiny_run_with_hard_negatives_and_a_teacher(tmp_path, minilm_dir):
     class Teacher:
         calls = 0
 
-        def score(self, query, docs):
-            Teacher.calls += 1
-            return np.array([3.0] + [0.0] * (len(docs) - 1))
+        def score_pairs(self, queries, docs):
+            Teacher.calls += len(docs)
+            return np.array([3.0 if q.split()[-1] == d.split()[1] else 0.0 for q, d in zip(queries, docs, strict=True)])
 
     result = train_embeddings(tmp_path / "out", data, model=str(tmp_path / "base"), max_length=16, negatives=negs,
                               teacher=Teacher(), training=TrainConfig(max_steps=2, batch_size=3, progress=False))
-    assert result.state.step == 2 and Teacher.calls == 6
+    assert result.state.step == 2 and Teacher.calls == 12  # 6 groups of 1 + 1
     with pytest.raises(ValueError, match="only 1 pairs"):  # the others have fewer than q0's two
         train_embeddings(tmp_path / "o2", data, model=str(tmp_path / "base"), negatives={**negs, "q0": ["d1", "d2"]})
     with pytest.raises(ValueError, match="unknown documents: nope"):

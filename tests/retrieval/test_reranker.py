@@ -11,6 +11,7 @@ import torch
 from bertkit.cli.main import main
 from bertkit.encoder import Encoder
 from bertkit.errors import CheckpointError
+from bertkit.retrieval import data as retrieval_data
 from bertkit.retrieval.data import RetrievalData, load_retrieval_files
 from bertkit.retrieval.reranker import (
     Reranker,
@@ -225,9 +226,7 @@ def test_loading_files_keeps_the_toy_consistent(tmp_path):
 
 
 def test_cli_reports_first_stage_and_reranked_dev_and_test(tmp_path, tiny_dir, capsys, monkeypatch):
-    import bertkit.cli.train_reranker as cli
-
-    monkeypatch.setattr(cli, "bbc_retrieval", lambda split, seed: toy_data())  # the built-in path, toy-sized
+    monkeypatch.setattr(retrieval_data, "bbc_retrieval", lambda split, seed: toy_data())  # the built-in path, toy-sized
     out = tmp_path / "out"
     assert main(["train-reranker", "--dataset", "bbc-news", "-o", str(out), "--model", str(tiny_dir),
                  "--retriever", str(tiny_dir), "--negatives", "2", "--max-length", "32",

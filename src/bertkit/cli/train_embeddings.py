@@ -7,7 +7,7 @@ import argparse
 import json
 
 from bertkit.encoder import load
-from bertkit.retrieval.data import bbc_retrieval, load_retrieval_files
+from bertkit.retrieval.data import training_splits
 from bertkit.retrieval.search import evaluate_retrieval
 from bertkit.train.engine import PRECISIONS, TrainConfig, parse_duration
 
@@ -48,16 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.dataset:
-        train, dev, test = (bbc_retrieval(s, seed=args.seed) for s in ("train", "dev", "test"))
-    elif args.queries and args.docs and args.qrels:
-        train, dev, test = load_retrieval_files(args.queries, args.docs, args.qrels), None, None
-    elif args.mirror and args.corpus:
-        train = dev = test = None
+    if args.mirror and args.corpus and not (args.dataset or args.queries or args.docs or args.qrels):
+        train = dev = test = None  # raw text only: nothing to evaluate on
     else:
-        raise ValueError("--mirror needs --corpus SRC..., or --dataset / --queries --docs --qrels whose documents it "
-                         "reads" if args.mirror else "give --dataset bbc-news, or all three of --queries, --docs and "
-                         "--qrels")
+        train, dev, test = training_splits(args.dataset, args.queries, args.docs, args.qrels, args.seed)
     if not args.mirror and args.corpus:
         raise ValueError("--corpus is raw text for --mirror")
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or (64 if args.mirror else 32), lr=args.lr,
@@ -86,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.teacher:
             from bertkit.retrieval.reranker import Reranker
 
-            teacher = Reranker.from_pretrained(args.teacher)
+            teacher = Reranker.from_pretrained(args.teacher)  # fp32 scores: the targets, computed once
         result = train_embeddings(args.output, train, dev, scale=args.scale or 20.0, max_length=args.max_length,
                                   negatives=negatives, teacher=teacher, distill_weight=args.distill_weight, **common)
     report = {"output": str(result.output_dir), "steps": result.state.step, "dev": result.dev}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bertkit.encoder import load
-from bertkit.retrieval.data import RetrievalData, bbc_retrieval, load_retrieval_files
+from bertkit.retrieval.data import RetrievalData, training_splits
 from bertkit.retrieval.reranker import (
     CONFIG_FILE,
     DEFAULT_MAX_LENGTH,
@@ -54,12 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.dataset:
-        train, dev, test = (bbc_retrieval(s, seed=args.seed) for s in ("train", "dev", "test"))
-    elif args.queries and args.docs and args.qrels:
-        train, dev, test = load_retrieval_files(args.queries, args.docs, args.qrels), None, None
-    else:
-        raise ValueError("give --dataset bbc-news, or all three of --queries, --docs and --qrels")
+    train, dev, test = training_splits(args.dataset, args.queries, args.docs, args.qrels, args.seed)
     for name in ("negatives", "mine_top", "dev_top", "rerank_top"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

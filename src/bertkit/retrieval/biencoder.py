@@ -205,7 +205,7 @@ def fit_biencoder(out: Path, bi: BiEncoder, enc: Encoder, tcfg: TrainConfig, bat
 
 
 class PairScorer(Protocol):
-    def score(self, query: str, docs: list[str]) -> np.ndarray: ...
+    def score_pairs(self, queries: list[str], docs: list[str]) -> np.ndarray: ...  # (n,) for pairs i
 
 
 def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, dev: RetrievalData | None = None, *,
@@ -247,8 +247,10 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
         n_keys = [[doc_index[d] for d in row] for row in negs]
     if teacher is not None:
         t0 = time.perf_counter()
-        scores = np.stack([teacher.score(train.queries[q], [train.docs[d] for d in [pos, *row]])
-                           for (q, pos), row in zip(pairs, negs, strict=True)]).astype(np.float32)
+        groups = [(q, [pos, *row]) for (q, pos), row in zip(pairs, negs, strict=True)]
+        scores = teacher.score_pairs([train.queries[q] for q, ds in groups for _ in ds],  # one length-sorted pass
+                                     [train.docs[d] for _, ds in groups for d in ds])
+        scores = np.asarray(scores, dtype=np.float32).reshape(len(groups), -1)  # (pairs, 1 + h)
         log.info("teacher scored %d groups of %d in %.0f s", len(pairs), scores.shape[1], time.perf_counter() - t0)
     bi = BiEncoder(base, pooling, scale, distill_weight if teacher is not None else 0.0, temperature)
     log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s), pooling %s, "

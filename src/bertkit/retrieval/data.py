@@ -145,3 +145,17 @@ def bbc_retrieval(split: str = "test", seed: int = 42) -> RetrievalData:
     queries = {q: t for t, q in titles.items()}
     return RetrievalData({q: queries[q] for q in chosen}, docs, {q: qrels[q] for q in chosen},
                          source=f"bbc-news:{split}")
+
+
+def training_splits(dataset: str | None, queries: str | None, docs: str | None, qrels: str | None,
+                    seed: int = 42) -> tuple[RetrievalData, RetrievalData | None, RetrievalData | None]:
+    """(train, dev, test) for a trainer: the built-in benchmark's three splits, or one set of files (no dev or test)."""
+    if dataset:
+        if dataset != "bbc-news":
+            raise ValueError(f"unknown retrieval dataset {dataset!r}; the built-in one is bbc-news")
+        if queries or docs or qrels:
+            raise ValueError("give either --dataset or --queries/--docs/--qrels, not both")
+        return bbc_retrieval("train", seed), bbc_retrieval("dev", seed), bbc_retrieval("test", seed)
+    if queries and docs and qrels:
+        return load_retrieval_files(queries, docs, qrels), None, None
+    raise ValueError("give --dataset bbc-news, or all three of --queries, --docs and --qrels")
