@@ -140,10 +140,10 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def reprint(path: str) -> None:
     """The tables of a finished run (``--markdown-only``)."""
     print(markdown(json.loads(Path(path).read_text())))
+
+
+if __name__ == "__main__":
+    main()
