@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.data.corpora import load_bbc_news
-from bertkit.data.text_files import json_object, read_lines
 from bertkit.encoder import load
-from bertkit.errors import BertkitError, InputFileError
+from bertkit.errors import BertkitError
+from bertkit.retrieval.data import read_documents
 from bertkit.retrieval.index import KINDS, VectorIndex
-
-DOC_FORMATS = (".jsonl", ".tsv", ".txt")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,60 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--rerank-top", type=int, default=50, help="candidates the reranker sees (default 50)")
     search.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
-
-
-def read_documents(path: str | Path, id_field: str | None = None,
-                   text_field: str = "text") -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """ids, texts to embed and metadata of a documents file; errors name file and line.
-
-    ``.jsonl``: a BEIR-style ``title`` is prepended to the text ("title. text") for embedding and kept in
-    the metadata beside the raw text and every other field.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in DOC_FORMATS:
-        raise InputFileError(path, f"unsupported documents format {suffix!r}; expected one of {', '.join(DOC_FORMATS)}")
-    ids: list[str] = []
-    texts: list[str] = []
-    metadata: list[dict[str, Any]] = []
-    first_line: dict[str, int] = {}
-    for n, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
-            continue
-        meta: dict[str, Any] = {}
-        if suffix == ".txt":
-            ident, text = str(n), line
-        elif suffix == ".tsv":
-            ident, sep, text = line.partition("\t")
-            if not sep:
-                raise InputFileError(path, "expected 'id<TAB>text'", line=n)
-        else:
-            obj = json_object(path, line, n)
-            key = id_field or ("_id" if "_id" in obj else "id")
-            if key not in obj:
-                raise InputFileError(path, f"missing field {key!r} (fields: {', '.join(obj) or 'none'})", line=n)
-            if isinstance(obj[key], bool) or not isinstance(obj[key], str | int):
-                raise InputFileError(path, f"id field {key!r} is {type(obj[key]).__name__}, expected a string",
-                                     line=n)
-            if not isinstance(obj.get(text_field), str):
-                raise InputFileError(path, f"missing or non-string field {text_field!r}", line=n)
-            ident, text = str(obj[key]), obj[text_field]
-            meta = {k: v for k, v in obj.items() if k not in (key, text_field)}
-            meta["text"] = text
-            if isinstance(obj.get("title"), str) and obj["title"].strip():
-                text = f"{obj['title'].strip()}. {text}"
-        ident = ident.strip()
-        if not ident:
-            raise InputFileError(path, "empty document id", line=n)
-        if ident in first_line:
-            raise InputFileError(path, f"duplicate document id {ident!r} (first on line {first_line[ident]})", line=n)
-        first_line[ident] = n
-        ids.append(ident)
-        texts.append(text)
-        metadata.append(meta or {"text": text})
-    if not ids:
-        raise InputFileError(path, "no documents found")
-    return ids, texts, metadata
 
 
 def bbc_documents() -> tuple[list[str], list[str], list[dict[str, Any]]]:

@@ -47,6 +47,9 @@ from bertkit.train.finetune import prepare_output_dir
 from bertkit.utils.atomic import atomic_write_text
 
 log = logging.getLogger("bertkit")
+# what a run writes into its output directory (an existing one is refused unless resumed or overwritten)
+OUTPUT_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "metrics.jsonl",
+                "training_curve.png")
 
 
 def _pack(seqs: list[list[int]]) -> tuple[Tensor, Packing]:
@@ -232,8 +235,7 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
     negs = None
     if negatives:
         pairs, negs = _check_negatives(negatives, pairs, train)
-    prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", "modules.json",
-                                                "sentence_bert_config.json", "metrics.jsonl", "training_curve.png"))
+    prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
     base, enc = load_base(model, max_length)
     doc_index = {d: i for i, d in enumerate(sorted(train.docs))}
     q_tok = enc.tokenize([train.queries[q] for q, _ in pairs]).ids

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from bertkit.data.text_files import json_object, read_lines
 from bertkit.errors import BertkitError, InputFileError
 
 SPLITS = ("train", "dev", "test")
+DOC_FORMATS = (".jsonl", ".tsv", ".txt")
 
 
 @dataclass
@@ -48,39 +50,68 @@ class RetrievalData:
         return f"{self.source}: {len(self.queries):,} queries, {len(self.docs):,} documents, {judged:,} judgements"
 
 
-def read_texts_by_id(path: str | os.PathLike[str], what: str) -> dict[str, str]:
-    """A queries or documents file -> {id: text}, ids unique and non-empty."""
+def read_documents(path: str | os.PathLike[str], id_field: str | None = None, text_field: str = "text",
+                   what: str = "documents",
+                   formats: tuple[str, ...] = DOC_FORMATS) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """ids, texts and metadata of a queries or documents file; errors name file and line.
+
+    ``.jsonl``: a BEIR-style ``title`` is prepended to the text ("title. text") and kept in the metadata
+    beside the raw text and every other field. ``.tsv``: id<TAB>text. ``.txt``: one text a line, id = line
+    number.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".tsv"):
-        raise InputFileError(path, f"unsupported {what} format {suffix!r}; expected .jsonl or .tsv")
-    out: dict[str, str] = {}
+    one = {"queries": "query"}.get(what, what.removesuffix("s"))
+    if suffix not in formats:
+        raise InputFileError(path, f"unsupported {what} format {suffix!r}; expected {' or '.join(formats)}")
+    ids: list[str] = []
+    texts: list[str] = []
+    metadata: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
     for n, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
-        if suffix == ".jsonl":
-            obj = json_object(path, line, n)
-            key = "_id" if "_id" in obj else "id"
-            if key not in obj:
-                raise InputFileError(path, f"missing field '_id' (fields: {', '.join(obj) or 'none'})", line=n)
-            if not isinstance(obj.get("text"), str):
-                raise InputFileError(path, "missing or non-string field 'text'", line=n)
-            ident, text = str(obj[key]), obj["text"]
-            if isinstance(obj.get("title"), str) and obj["title"].strip():
-                text = f"{obj['title'].strip()}. {text}"
-        else:
+        meta: dict[str, Any] = {}
+        if suffix == ".txt":
+            ident, text = str(n), line
+        elif suffix == ".tsv":
             ident, sep, text = line.partition("\t")
             if not sep:
                 raise InputFileError(path, "expected 'id<TAB>text'", line=n)
+        else:
+            obj = json_object(path, line, n)
+            key = id_field or ("_id" if "_id" in obj else "id")
+            if key not in obj:
+                named = repr(key) if id_field else "'_id' (or 'id')"
+                raise InputFileError(path, f"missing field {named} (fields: {', '.join(obj) or 'none'})", line=n)
+            if isinstance(obj[key], bool) or not isinstance(obj[key], str | int):
+                raise InputFileError(path, f"id field {key!r} is {type(obj[key]).__name__}, expected a string",
+                                     line=n)
+            if not isinstance(obj.get(text_field), str):
+                raise InputFileError(path, f"missing or non-string field {text_field!r}", line=n)
+            ident, text = str(obj[key]), obj[text_field]
+            meta = {k: v for k, v in obj.items() if k not in (key, text_field)}
+            meta["text"] = text
+            if isinstance(obj.get("title"), str) and obj["title"].strip():
+                text = f"{obj['title'].strip()}. {text}"
         ident = ident.strip()
         if not ident:
-            raise InputFileError(path, f"empty {what[:-1]} id", line=n)
-        if ident in out:
-            raise InputFileError(path, f"duplicate {what[:-1]} id {ident!r}", line=n)
-        out[ident] = text
-    if not out:
+            raise InputFileError(path, f"empty {one} id", line=n)
+        if ident in first_line:
+            raise InputFileError(path, f"duplicate {one} id {ident!r} (first on line {first_line[ident]})", line=n)
+        first_line[ident] = n
+        ids.append(ident)
+        texts.append(text)
+        metadata.append(meta or {"text": text})
+    if not ids:
         raise InputFileError(path, f"no {what} found")
-    return out
+    return ids, texts, metadata
+
+
+def read_texts_by_id(path: str | os.PathLike[str], what: str) -> dict[str, str]:
+    """A BEIR queries or documents file (.jsonl or .tsv) -> {id: text}, ids unique and non-empty."""
+    ids, texts, _ = read_documents(path, what=what, formats=(".jsonl", ".tsv"))
+    return dict(zip(ids, texts, strict=True))
 
 
 def read_qrels(path: str | os.PathLike[str], queries: dict[str, str],

@@ -27,6 +27,7 @@ from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.bert import BertModel
 from bertkit.model.dropout import Dropout
 from bertkit.retrieval.biencoder import (
+    OUTPUT_FILES,
     BiEncoder,
     EmbeddingTrainResult,
     PairBatch,
@@ -114,8 +115,7 @@ def mirror_bert(output_dir: str | os.PathLike[str], texts: list[str], dev: Retri
     tcfg = training or TrainConfig(epochs=1, batch_size=64, lr=2e-5, warmup_ratio=0.1)
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
     out = Path(output_dir)
-    prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", "modules.json",
-                                                "sentence_bert_config.json", "metrics.jsonl", "training_curve.png"))
+    prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
     base, enc = load_base(model, None)
     ids = enc.tokenizer.encode(texts, max_length=min(max_length, enc.max_length)).ids
     if dropout is not None:
