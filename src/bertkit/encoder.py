@@ -7,12 +7,13 @@ on padding. Results come back in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,10 +23,14 @@ from tqdm.auto import tqdm
 
 from bertkit.data.tokenizer import Batch, WordPieceTokenizer
 from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
 from bertkit.model.weights import find_weights_file, load_pretrained, save_weights
 from bertkit.utils.runtime import tune_allocator
+
+if TYPE_CHECKING:
+    from bertkit.inference.onnx import OnnxModel
 
 log = logging.getLogger("bertkit")
 
@@ -52,18 +57,27 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 class Encoder:
     def __init__(self, model: BertModel, tokenizer: WordPieceTokenizer, max_length: int,
-                 name: str = "", source_dir: Path | None = None) -> None:
+                 name: str = "", source_dir: Path | None = None, engine: Engine | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.name = name
         self.source_dir = source_dir
         self.head_state: dict[str, Tensor] = {}
+        self.engine = engine or Engine()
+        self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
-                        device: str | torch.device | None = None) -> Encoder:
+                        device: str | torch.device | None = None, engine: EngineOptions | None = None,
+                        dtype: str | None = None, int8: bool | None = None, backend: str | None = None) -> Encoder:
+        """Load a built-in name or a local HF BERT directory.
+
+        engine: how inference runs (precision, int8, backend, batch token budget, threads); ``dtype``,
+        ``int8`` and ``backend`` are shortcuts that override its fields.
+        """
         directory = resolve_model_dir(name_or_path)
+        options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
         if pick_device(device).type == "cpu":
             tune_allocator()
         model, heads = load_pretrained(directory, path=path)
@@ -73,10 +87,16 @@ class Encoder:
                 f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but config vocab_size is "
                 f"{model.config.vocab_size}"
             )
-        enc = cls(model.to(pick_device(device)), tokenizer,
-                  default_max_length(directory, model.config.max_position_embeddings),
-                  name=str(name_or_path or DEFAULT_MODEL), source_dir=directory)
+        name = str(name_or_path or DEFAULT_MODEL)
+        eng = Engine(options)
+        model = eng.prepare(model, tokenizer, pick_device(device), name)
+        enc = cls(model, tokenizer, default_max_length(directory, model.config.max_position_embeddings),
+                  name=name, source_dir=directory, engine=eng)
         enc.head_state = heads
+        if options.backend == "onnx":
+            from bertkit.inference.onnx import OnnxModel
+
+            enc.onnx = OnnxModel(directory, int8=options.int8, threads=options.threads)
         return enc
 
     @property
@@ -95,40 +115,28 @@ class Encoder:
                         batch.n_truncated, len(batch.ids), self.max_length)
         return batch
 
-    def _batches(self, batch: Batch, batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, Tensor, Packing]]:
-        """Yield (input indices, ids (T,), type ids (T,), packing), longest texts first."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        lengths = np.array(batch.lengths)
-        order = np.argsort(-lengths, kind="stable")
-        dev = self.device
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            ids = torch.tensor([t for i in idx for t in batch.ids[i]], dtype=torch.long)
-            types = torch.tensor([t for i in idx for t in batch.type_ids[i]], dtype=torch.long)
-            packing = Packing.from_lengths([int(lengths[i]) for i in idx], device=dev)
-            yield idx, ids.to(dev), types.to(dev), packing
+    def _batches(self, batch: Batch, batch_size: int | None) -> Iterator[tuple[np.ndarray, Tensor, Tensor, Packing]]:
+        """Yield (input indices, ids (T,), type ids (T,), packing): the engine's token-budget batches,
+        longest texts first; ``batch_size`` caps the sequences per batch."""
+        return self.engine.batches(batch.ids, batch.type_ids, self.device, batch_size)
 
     def _hidden(self, ids: Tensor, types: Tensor, packing: Packing) -> Tensor:
-        """Token states (total_tokens, hidden) on the model's execution path."""
-        if self.model.path == "unpadded":
+        """Token states (total_tokens, hidden) on the model's execution path (or onnxruntime)."""
+        if self.onnx is None and self.model.path == "unpadded":
             return self.model.forward_packed(ids, packing, types)
         # Padded paths: scatter into (batch, max_len), run, gather real tokens back.
-        b, s = packing.batch_size, max(packing.lengths)
-        seg = packing.segment_ids()
-        pos = packing.position_ids()
-        grid = torch.full((b, s), self.tokenizer.pad_id, dtype=torch.long, device=ids.device)
-        grid_types = torch.zeros_like(grid)
-        mask = torch.zeros((b, s), dtype=torch.bool, device=ids.device)
-        grid[seg, pos], grid_types[seg, pos], mask[seg, pos] = ids, types, True
-        out = self.model(grid, mask, grid_types).last_hidden_state
-        return out[seg, pos]
+        grid, mask, grid_types, (seg, pos) = to_grid(ids, types, packing, self.tokenizer.pad_id)
+        if self.onnx is not None:
+            out = self.onnx.run(grid.cpu().numpy(), mask.long().cpu().numpy(), grid_types.cpu().numpy())
+            return torch.from_numpy(out["last_hidden_state"]).to(ids.device)[seg, pos]
+        return self.model(grid, mask, grid_types).last_hidden_state[seg, pos]
 
     # ---- public API -----------------------------------------------------------------------
-    def embed(self, texts: Sequence[str], batch_size: int = 32, pooling: str = "mean",
+    def embed(self, texts: Sequence[str], batch_size: int | None = None, pooling: str = "mean",
               normalize: bool = True, progress: bool | None = None) -> np.ndarray:
         """Sentence embeddings, float32 ``(len(texts), hidden)``, rows in input order.
 
+        batch_size: at most this many texts per batch (default: the engine's token budget alone decides).
         pooling: "mean" (average of token states, sentence-transformers' default) or "cls".
         normalize: L2-normalize each row (cosine similarity becomes a dot product).
         """
@@ -142,8 +150,8 @@ class Encoder:
         batch = self.tokenize(texts)
         show = progress if progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
         self.model.eval()
-        with torch.inference_mode(), tqdm(total=len(texts), disable=not show, unit="text",
-                                          desc="embed", mininterval=1.0) as bar:
+        with self.engine.running(self.device), tqdm(total=len(texts), disable=not show, unit="text",
+                                                    desc="embed", mininterval=1.0) as bar:
             for idx, ids, types, packing in self._batches(batch, batch_size):
                 h = self._hidden(ids, types, packing).float()  # (total_tokens, hidden)
                 pooled = pool(h, packing, pooling)
@@ -154,7 +162,7 @@ class Encoder:
         return out
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
-               batch_size: int = 32) -> list[np.ndarray]:
+               batch_size: int | None = None) -> list[np.ndarray]:
         """Token states per text: a list of float32 ``(n_tokens_i, hidden)`` arrays, in input order."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts; wrap a single text in a list")
@@ -163,7 +171,7 @@ class Encoder:
             return result
         batch = self.tokenize(texts, pairs)
         self.model.eval()
-        with torch.inference_mode():
+        with self.engine.running(self.device):
             for idx, ids, types, packing in self._batches(batch, batch_size):
                 h = self._hidden(ids, types, packing).float().cpu().numpy()
                 cu = packing.cu_seqlens.tolist()
@@ -202,7 +210,8 @@ class Encoder:
             "pooler": self.model.pooler is not None,
             "parameters": n_params,
             "size_in_memory_mb": round(sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20, 2),
-            "execution_path": self.model.path,
+            "execution_path": "onnxruntime" if self.onnx is not None else self.model.path,
+            "engine": self.engine.options.describe(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
@@ -222,8 +231,29 @@ def pool(h: Tensor, packing: Packing, pooling: str) -> Tensor:
     return sums / lengths[:, None]
 
 
+def to_grid(ids: Tensor, types: Tensor, packing: Packing, pad_id: int
+            ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Packed (total_tokens,) ids and type ids -> padded (batch, max_len) ids, bool mask, type ids, and the
+    (sequence, position) index of each packed token in the grid."""
+    b, s = packing.batch_size, max(packing.lengths)
+    seg, pos = packing.segment_ids(), packing.position_ids()
+    grid = torch.full((b, s), pad_id, dtype=torch.long, device=ids.device)
+    grid_types = torch.zeros_like(grid)
+    mask = torch.zeros((b, s), dtype=torch.bool, device=ids.device)
+    grid[seg, pos], grid_types[seg, pos], mask[seg, pos] = ids, types, True
+    return grid, mask, grid_types, (seg, pos)
+
+
+def engine_options(engine: EngineOptions | None = None, **overrides: Any) -> EngineOptions:
+    """``engine`` (or the defaults) with the non-None keyword overrides applied."""
+    base = engine or EngineOptions()
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def load(name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
-         device: str | torch.device | None = None) -> Encoder:
+         device: str | torch.device | None = None, engine: EngineOptions | None = None,
+         dtype: str | None = None, int8: bool | None = None, backend: str | None = None) -> Encoder:
     """Load an encoder: ``load()`` or ``load("all-MiniLM-L6-v2")`` for the built-in default,
-    else a local Hugging Face BERT directory."""
-    return Encoder.from_pretrained(name_or_path, path=path, device=device)
+    else a local Hugging Face BERT directory. See ``Encoder.from_pretrained`` for the engine options."""
+    return Encoder.from_pretrained(name_or_path, path=path, device=device, engine=engine, dtype=dtype,
+                                   int8=int8, backend=backend)

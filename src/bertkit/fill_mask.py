@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.encoder import default_max_length, pick_device
+from bertkit.encoder import default_max_length, engine_options, pick_device
 from bertkit.errors import BertkitError, CheckpointError
 from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing
 from bertkit.model.mlm import MaskedLM, has_mlm_head
 from bertkit.model.weights import load_pretrained
@@ -43,7 +44,7 @@ TEXT_SLOT = "{text}"
 
 class FillMask:
     def __init__(self, model: MaskedLM, tokenizer: WordPieceTokenizer, max_length: int = 512,
-                 head_trained: bool = True, name: str = "") -> None:
+                 head_trained: bool = True, name: str = "", engine: Engine | None = None) -> None:
         """head_trained: whether the MLM head came from the checkpoint (False: freshly initialised)."""
         if tokenizer.vocab_size > model.config.vocab_size:
             raise CheckpointError(f"{name or 'model'}: tokenizer has {tokenizer.vocab_size} tokens but config "
@@ -53,12 +54,19 @@ class FillMask:
         self.max_length = max_length
         self.head_trained = head_trained
         self.name = name
+        self.engine = engine or Engine()
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike[str] | None = None,
-                        device: str | torch.device | None = None) -> FillMask:
-        """A built-in name or an HF BERT directory, with (BertForMaskedLM) or without an MLM head."""
+                        device: str | torch.device | None = None, engine: EngineOptions | None = None,
+                        dtype: str | None = None, int8: bool | None = None) -> FillMask:
+        """A built-in name or an HF BERT directory, with (BertForMaskedLM) or without an MLM head.
+
+        engine: how inference runs (see ``Encoder.from_pretrained``); the torch backend only."""
         directory = resolve_model_dir(name_or_dir)
+        options = engine_options(engine, dtype=dtype, int8=int8)
+        if options.backend != "torch":
+            raise BertkitError("fill-mask runs on the torch backend only (the ONNX graph has no MLM head)")
         if pick_device(device).type == "cpu":
             tune_allocator()
         encoder, heads = load_pretrained(directory)
@@ -69,8 +77,11 @@ class FillMask:
             log.warning("%s has no trained MLM head: a random one was created, so masked-token predictions and "
                         "zero-shot prompts are meaningless; use a checkpoint saved as BertForMaskedLM", name)
         max_length = default_max_length(directory, model.config.max_position_embeddings)
-        return cls(model.to(pick_device(device)), WordPieceTokenizer.from_dir(directory), max_length,
-                   head_trained, name)
+        tokenizer = WordPieceTokenizer.from_dir(directory)
+        eng = Engine(options)
+        model.to(pick_device(device))
+        eng.prepare(model.encoder, tokenizer, pick_device(device), name)
+        return cls(model, tokenizer, max_length, head_trained, name, eng)
 
     @property
     def device(self) -> torch.device:
@@ -82,14 +93,11 @@ class FillMask:
         flat = torch.tensor([t for seq in ids for t in seq], dtype=torch.long, device=self.device)
         return flat, Packing.from_lengths([len(seq) for seq in ids], device=self.device)
 
-    def batches(self, ids: Sequence[list[int]], batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, Packing]]:
-        """Yield (input indices, ids (T,), packing), longest sequences first (runs of equal length)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        order = np.argsort(-np.array([len(seq) for seq in ids]), kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            yield (idx, *self.pack([ids[i] for i in idx]))
+    def batches(self, ids: Sequence[list[int]], batch_size: int | None = None
+                ) -> Iterator[tuple[np.ndarray, Tensor, Packing]]:
+        """Yield (input indices, ids (T,), packing): the engine's token-budget batches, longest first."""
+        for idx, flat, _, packing in self.engine.batches(ids, None, self.device, batch_size):
+            yield idx, flat, packing
 
     def mask_logits(self, ids: Tensor, packing: Packing) -> Tensor:
         """ids (total_tokens,) -> logits (n_masks, vocab) of every [MASK], in token order."""
@@ -113,12 +121,12 @@ class FillMask:
 
     # ---- public API -----------------------------------------------------------------------
     @overload
-    def __call__(self, texts: str, top_k: int = ..., batch_size: int = ...) -> list[list[dict[str, Any]]]: ...
+    def __call__(self, texts: str, top_k: int = ..., batch_size: int | None = ...) -> list[list[dict[str, Any]]]: ...
     @overload
     def __call__(self, texts: list[str], top_k: int = ...,
-                 batch_size: int = ...) -> list[list[list[dict[str, Any]]]]: ...
+                 batch_size: int | None = ...) -> list[list[list[dict[str, Any]]]]: ...
 
-    def __call__(self, texts, top_k=5, batch_size=32):
+    def __call__(self, texts, top_k=5, batch_size=None):
         """Top-k fillers of each [MASK]: for one text, a list per mask (left to right) of ``top_k`` dicts
         {"token", "token_id", "score" (softmax probability), "sequence" (the text with it filled in)},
         best first; for a list of texts, one such list per text.
@@ -130,7 +138,7 @@ class FillMask:
         ids = self.tokenize(texts)
         out: list[list[list[dict[str, Any]]]] = [[] for _ in texts]
         self.model.eval()
-        with torch.inference_mode():
+        with self.engine.running(self.device):
             for idx, flat, packing in self.batches(ids, batch_size):
                 probs = self.mask_logits(flat, packing).float().softmax(-1)  # (n_masks, vocab)
                 scores, tokens = probs.topk(min(top_k, probs.shape[1]), dim=-1)

@@ -14,23 +14,27 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bertkit.data.features import Features, PackedBatch, featurize, sorted_batches
+from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tasks import TaskData, check_task
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.encoder import pick_device
+from bertkit.encoder import engine_options, pick_device, to_grid
 from bertkit.errors import CheckpointError
+from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.bert import BertModel
 from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
 from bertkit.model.weights import load_pretrained
 from bertkit.train import metrics as M
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
+
+if TYPE_CHECKING:
+    from bertkit.inference.onnx import OnnxModel
 
 log = logging.getLogger("bertkit")
 
@@ -53,7 +57,8 @@ def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassi
 
 class TaskModel:
     def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: WordPieceTokenizer, task: str,
-                 labels: Sequence[str], max_length: int, directory: Path | None = None) -> None:
+                 labels: Sequence[str], max_length: int, directory: Path | None = None,
+                 engine: Engine | None = None) -> None:
         self.head = head
         self.tokenizer = tokenizer
         self.task = task
@@ -61,12 +66,17 @@ class TaskModel:
         self.label2id = {name: i for i, name in enumerate(self.labels)}
         self.max_length = max_length
         self.directory = directory
+        self.engine = engine or Engine()
+        self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
 
     # ---- load / save ----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None,
-                        path: str = "unpadded") -> TaskModel:
+                        path: str = "unpadded", engine: EngineOptions | None = None, dtype: str | None = None,
+                        int8: bool | None = None, backend: str | None = None) -> TaskModel:
+        """engine: how inference runs (see ``Encoder.from_pretrained``); dtype/int8/backend override it."""
         d = Path(directory)
+        options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
         if not d.is_dir():
             raise CheckpointError(f"{d}: not a directory")
         if pick_device(device).type == "cpu":
@@ -81,8 +91,19 @@ class TaskModel:
         head = build_head(encoder, task, max(len(labels), 1))
         head.load_head_state(heads, source=str(d))
         head.to(pick_device(device)).eval()
+        tokenizer = WordPieceTokenizer.from_dir(d)
+        eng = Engine(options)
+        eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
         max_length = int(meta.get("max_length") or min(512, encoder.config.max_position_embeddings))
-        return cls(head, WordPieceTokenizer.from_dir(d), task, labels, max_length, d)
+        model = cls(head, tokenizer, task, labels, max_length, d, eng)
+        if options.backend == "onnx":
+            from bertkit.inference.onnx import OnnxModel
+
+            model.onnx = OnnxModel(d, int8=options.int8, threads=options.threads)
+            if "logits" not in model.onnx.output_names:
+                raise CheckpointError(f"{d}: its ONNX graph has no 'logits' output; re-export the task model "
+                                      f"with `bertkit export onnx {d} --output DIR`")
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: bool = True) -> Path:
         d = Path(directory)
@@ -115,30 +136,38 @@ class TaskModel:
             return logits.sum() * 0.0
         return head.loss(logits, batch.labels)
 
-    @torch.no_grad()
-    def _logits(self, feats: Features, batch_size: int) -> tuple[list[np.ndarray], float]:
+    def _head_logits(self, b: PackedBatch) -> Tensor:
+        """(batch, num_labels) or (total_tokens, num_labels) logits of a packed batch, torch or onnxruntime."""
+        if self.onnx is None:
+            return self.head(b.input_ids, b.packing, b.token_type_ids).float()
+        grid, mask, types, (seg, pos) = to_grid(b.input_ids, b.token_type_ids, b.packing, self.tokenizer.pad_id)
+        logits = torch.from_numpy(self.onnx.run(grid.numpy(), mask.long().numpy(), types.numpy())["logits"])
+        return logits[seg, pos] if self.task == "ner" else logits
+
+    def _logits(self, feats: Features, batch_size: int | None) -> tuple[list[np.ndarray], float]:
         """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss."""
         self.head.eval()
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
         loss_sum, units = 0.0, 0
-        for b in sorted_batches(feats, batch_size):
-            b = b.to(self.device)
-            logits = self.head(b.input_ids, b.packing, b.token_type_ids).float()
-            if b.labels is not None and b.num_units:
-                loss_sum += float(self.head.loss(logits, b.labels)) * b.num_units
-                units += b.num_units
-            arr = logits.cpu().numpy()
-            if self.task == "ner":
-                cu = b.packing.cu_seqlens.tolist()
-                for j, i in enumerate(b.indices):
-                    out[i] = arr[cu[j]:cu[j + 1]]
-            else:
-                for j, i in enumerate(b.indices):
-                    out[i] = arr[j]
+        with self.engine.running(self.device):
+            for idx in self.engine.plan(feats.lengths, batch_size):
+                b = make_batch(feats, idx).to(self.device)
+                logits = self._head_logits(b)
+                if b.labels is not None and b.num_units:
+                    loss_sum += float(self.head.loss(logits, b.labels)) * b.num_units
+                    units += b.num_units
+                arr = logits.cpu().numpy()
+                if self.task == "ner":
+                    cu = b.packing.cu_seqlens.tolist()
+                    for j, i in enumerate(b.indices):
+                        out[i] = arr[cu[j]:cu[j + 1]]
+                else:
+                    for j, i in enumerate(b.indices):
+                        out[i] = arr[j]
         return out, loss_sum / max(units, 1)
 
     # ---- public API -----------------------------------------------------------------------
-    def evaluate(self, data: TaskData | Features, batch_size: int = 64,
+    def evaluate(self, data: TaskData | Features, batch_size: int | None = None,
                  gold: TaskData | None = None) -> dict[str, float]:
         """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
         if isinstance(data, TaskData):
@@ -189,7 +218,7 @@ class TaskModel:
         return result
 
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int = 64) -> list[dict[str, Any]]:
+                batch_size: int | None = None) -> list[dict[str, Any]]:
         """Predictions in input order.
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
@@ -246,6 +275,7 @@ def _infer_task(d: Path, extra: dict[str, Any]) -> str:
                           f"no {TASK_FILE}); fine-tune one with `bertkit finetune`")
 
 
-def load_task_model(directory: str | os.PathLike[str], device: str | torch.device | None = None) -> TaskModel:
+def load_task_model(directory: str | os.PathLike[str], device: str | torch.device | None = None,
+                    engine: EngineOptions | None = None) -> TaskModel:
     """Load a fine-tuned model directory (ours or a transformers BertFor{Sequence,Token}Classification)."""
-    return TaskModel.from_pretrained(directory, device=device)
+    return TaskModel.from_pretrained(directory, device=device, engine=engine)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 
+from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.outputs import check_output_path, write_embeddings
 from bertkit.data.text_files import read_texts
 from bertkit.encoder import POOLINGS, load
@@ -21,23 +22,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", "-i", required=True, help=".txt (one text per line), .jsonl or .csv/.tsv")
     p.add_argument("--output", "-o", required=True, help=".npy or .parquet")
     p.add_argument("--text-column", default=None, help="field of .jsonl / column of .csv (default: text)")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pooling", choices=POOLINGS, default="mean")
     p.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalized) vectors")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--path", choices=PATHS, default="unpadded", help="execution path")
     p.add_argument("--with-text", action="store_true", help="parquet only: store the text next to each vector")
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output)  # fail before any work is done
     texts = read_texts(args.input, args.text_column)
-    enc = load(args.model, path=args.path)
+    enc = load(args.model, path=args.path, engine=engine_from_args(args))
     if args.max_length is not None:
         enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
     t0 = time.perf_counter()
-    vectors = enc.embed(texts, batch_size=args.batch_size, pooling=args.pooling,
+    vectors = enc.embed(texts, pooling=args.pooling,
                         normalize=not args.no_normalize)
     dt = time.perf_counter() - t0
     write_embeddings(out, vectors, texts if args.with_text and out.suffix == ".parquet" else None)

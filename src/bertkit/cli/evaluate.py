@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.tasks import load_builtin, read_task_file
 from bertkit.task_model import load_task_model
 from bertkit.train.finetune import CONFIG_FILE
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--label-column", default=None)
     p.add_argument("--label-separator", default="|")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_engine_args(p)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of metrics on stdout")
     p.set_defaults(func=run)
 
@@ -37,7 +38,7 @@ def training_seed(model_dir: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_task_model(args.model_dir)
+    model = load_task_model(args.model_dir, engine=engine_from_args(args))
     if args.dataset:
         seed = args.seed if args.seed is not None else training_seed(Path(args.model_dir))
         data = load_builtin(args.dataset, seed=seed)[args.split]
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if unseen:
         raise ValueError(f"{data.source}: label(s) {', '.join(map(repr, unseen[:5]))} are not among the model's "
                          f"labels ({', '.join(model.labels)})")
-    metrics = model.evaluate(data, batch_size=args.batch_size)
+    metrics = model.evaluate(data)
     metrics = {"examples": len(data), **metrics}
     if args.json:
         print(json.dumps(metrics))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.fill_mask import FillMask
 
 
@@ -18,11 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("texts", nargs="+", help="texts containing [MASK]")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON list on stdout")
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    results = FillMask.from_pretrained(args.model)(args.texts, top_k=args.top_k)
+    results = FillMask.from_pretrained(args.model, engine=engine_from_args(args))(args.texts, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"text": t, "masks": r} for t, r in zip(args.texts, results, strict=True)],
                          ensure_ascii=False))

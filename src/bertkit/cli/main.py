@@ -12,6 +12,7 @@ from bertkit.cli import (
     embed,
     evaluate,
     evaluate_retrieval,
+    export,
     fill_mask,
     finetune,
     index,
@@ -19,6 +20,7 @@ from bertkit.cli import (
     predict,
     pretrain,
     score,
+    serve,
     tokenizer,
     train_embeddings,
     train_reranker,
@@ -27,8 +29,8 @@ from bertkit.errors import BertkitError
 
 COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
-            "evaluate-retrieval": evaluate_retrieval, "index": index,
-            "fill-mask": fill_mask, "score": score,
+            "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
+            "fill-mask": fill_mask, "score": score, "serve": serve,
             "train-embeddings": train_embeddings, "train-reranker": train_reranker}
 
 

@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_texts
 from bertkit.errors import InputFileError
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help=".jsonl or .csv")
     p.add_argument("--text-column", default=None, help="default text (NER .jsonl: tokens)")
     p.add_argument("--text-pair-column", default=None, help="pair models: default text_pair")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -69,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise ValueError(f"{out}: unsupported output format {out.suffix!r}; expected .jsonl or .csv")
-    model = load_task_model(args.model_dir)
+    model = load_task_model(args.model_dir, engine=engine_from_args(args))
     if model.task == "ner" and out.suffix.lower() == ".csv":
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")
     texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
-    preds = model.predict(texts, pairs, batch_size=args.batch_size)
+    preds = model.predict(texts, pairs)
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for i, p in enumerate(preds):

@@ -121,8 +121,3 @@ def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int)
     order = np.random.default_rng([seed, epoch]).permutation(len(features))
     return [make_batch(features, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
 
-
-def sorted_batches(features: Features, batch_size: int) -> list[PackedBatch]:
-    """Batches for inference, longest first: similar lengths share a batch, so attention runs are long."""
-    order = np.argsort(-features.lengths, kind="stable")
-    return [make_batch(features, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]

@@ -146,6 +146,8 @@ class Layer(nn.Module):
 
 def _add_linear_(residual: Tensor, x: Tensor, linear: nn.Linear) -> Tensor:
     """residual += linear(x), in place: x (..., in), residual (..., out) -> residual."""
+    if type(linear) is not nn.Linear:  # e.g. an int8 layer (inference/int8.py): its own GEMM, then one add
+        return residual.add_(linear(x))
     flat = residual.view(-1, residual.shape[-1])
     flat.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
     if linear.bias is not None:

@@ -1,0 +1,135 @@
+"""What a served model can do: load a model directory once and say which endpoints it serves.
+
+embeddings  always: the encoder (a task model's own encoder, mean pooling)
+classify    sequence task models: classification, pair-classification, multilabel, regression
+ner         token-classification task models
+fill-mask   checkpoints with a trained MLM head (BertForMaskedLM layout)
+
+Weights are read once: a task model's embeddings run its own encoder module, and the MLM head of a
+masked-LM checkpoint sits on the encoder that ``Encoder.from_pretrained`` loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertkit.encoder import Encoder
+from bertkit.fill_mask import FillMask
+from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.inference.engine import EngineOptions
+from bertkit.model.mlm import MaskedLM, has_mlm_head
+from bertkit.task_model import TASK_FILE, TaskModel
+
+log = logging.getLogger("bertkit")
+
+CAPABILITIES = ("embeddings", "classify", "ner", "fill-mask")
+SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regression")
+_TASK_ARCHITECTURES = ("BertForSequenceClassification", "BertForTokenClassification")
+
+
+@dataclass
+class Service:
+    name: str
+    encoder: Encoder
+    task_model: TaskModel | None = None
+    fill_mask: FillMask | None = None
+    pooling: str = "mean"
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size
+
+    @property
+    def capabilities(self) -> list[str]:
+        return [c for c in CAPABILITIES if self.why_not(c) is None]
+
+    def why_not(self, capability: str) -> str | None:
+        """None if the model serves ``capability``, else the reason it does not."""
+        task = self.task_model.task if self.task_model is not None else None
+        if capability == "classify" and task not in SEQUENCE_TASKS:
+            return (f"model {self.name} is a token-classification (ner) model: use /v1/ner" if task == "ner" else
+                    f"model {self.name} has no sequence-classification head; serve a model fine-tuned with "
+                    f"`bertkit finetune`")
+        if capability == "ner" and task != "ner":
+            return f"model {self.name} has no token-classification (ner) head"
+        if capability == "fill-mask" and self.fill_mask is None:
+            return f"model {self.name} has no trained MLM head (it is not a BertForMaskedLM checkpoint)"
+        return None
+
+    # ---- token counts (untruncated, with [CLS]/[SEP]) -------------------------------------
+    def count_tokens(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
+        tok = self.encoder.tokenizer
+        n = [len(x) + 2 for x in tok.encode_plain(list(texts))]
+        if pairs is not None:
+            n = [a + len(b) + 1 for a, b in zip(n, tok.encode_plain(list(pairs)), strict=True)]
+        return n
+
+    def count_word_tokens(self, words: Sequence[Sequence[str]]) -> list[int]:
+        """Word lists (NER): BERT's pre-tokenizer splits on whitespace anyway, so joined words count the same."""
+        return self.count_tokens([" ".join(w) for w in words])
+
+    # ---- inference (called by the batchers' worker threads with whole merged lists) -------
+    def embed(self, texts: list[str], normalize: bool) -> np.ndarray:
+        """(len(texts), hidden) float32."""
+        return self.encoder.embed(texts, pooling=self.pooling, normalize=normalize, progress=False)
+
+    def classify(self, items: list[tuple[str, str | None]], paired: bool) -> list[dict[str, Any]]:
+        assert self.task_model is not None
+        texts = [a for a, _ in items]
+        pairs = [str(b) for _, b in items] if paired else None
+        return self.task_model.predict(texts, pairs)
+
+    def ner(self, words: list[list[str]]) -> list[dict[str, Any]]:
+        assert self.task_model is not None
+        return self.task_model.predict(words)
+
+    def fill(self, texts: list[str], top_k: int) -> list[list[list[dict[str, Any]]]]:
+        assert self.fill_mask is not None
+        return self.fill_mask(texts, top_k=top_k)
+
+    def describe(self) -> str:
+        kind = f"{self.task_model.task} task model" if self.task_model is not None else "encoder"
+        return (f"{self.name} ({kind}, hidden {self.hidden_size}, max_length {self.max_length}); serves "
+                f"{', '.join(self.capabilities)}")
+
+
+def is_task_dir(directory: Path) -> bool:
+    """A fine-tuned model: ours (bertkit_task.json) or transformers' BertFor{Sequence,Token}Classification."""
+    if (directory / TASK_FILE).is_file():
+        return True
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a in _TASK_ARCHITECTURES for a in architectures)
+
+
+def load_service(model: str | None = None, options: EngineOptions | None = None) -> Service:
+    """Load a built-in name or a local model directory (default all-MiniLM-L6-v2) for serving."""
+    options = options or EngineOptions()
+    directory = resolve_model_dir(model)
+    name = str(model or DEFAULT_MODEL)
+    if is_task_dir(directory):
+        tm = TaskModel.from_pretrained(directory, engine=options)
+        # The encoder module (and engine) the task head runs on: embeddings need no second copy of the weights.
+        enc = Encoder(tm.head.encoder, tm.tokenizer, tm.max_length, name=name, source_dir=directory,
+                      engine=tm.engine)
+        enc.onnx = tm.onnx  # the exported task graph also outputs last_hidden_state
+        return Service(name, enc, task_model=tm)
+    enc = Encoder.from_pretrained(model, engine=options)
+    fm = None
+    if has_mlm_head(enc.head_state):  # the MLM head sits on the encoder just loaded (torch, even with onnx)
+        fm = FillMask(MaskedLM.from_encoder(enc.model, enc.head_state, str(directory)), enc.tokenizer,
+                      enc.max_length, head_trained=True, name=name, engine=enc.engine)
+    return Service(name, enc, fill_mask=fm)
