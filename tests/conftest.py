@@ -58,3 +58,23 @@ def save_tiny_hf_model(directory: Path, minilm_dir: Path, seed: int = 0, **overr
     model.save_pretrained(directory)
     copy_tokenizer(minilm_dir, directory)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, minilm_dir):
+    """A tiny random BERT (save_tiny_hf_model, seed 0), shared by every test that only needs some encoder."""
+    d = tmp_path_factory.mktemp("tiny_encoder")
+    save_tiny_hf_model(d, minilm_dir)
+    return d
+
+
+@pytest.fixture(scope="session")
+def mlm_dir(tmp_path_factory, minilm_dir):
+    """A tiny random BERT with a random (but saved, so 'trained') MLM head in BertForMaskedLM layout."""
+    from bertkit.model.mlm import MaskedLM
+
+    d = tmp_path_factory.mktemp("tiny_mlm")
+    save_tiny_hf_model(d, minilm_dir)
+    torch.manual_seed(0)
+    MaskedLM.from_pretrained(d).save_pretrained(d)
+    return d

@@ -20,16 +20,6 @@ TEMPLATE = "{text} It was [MASK]."
 VERBALIZERS = {"pos": ["great"], "neg": ["terrible", "awful"]}
 
 
-@pytest.fixture(scope="module")
-def mlm_dir(tmp_path_factory, minilm_dir):
-    """A tiny random BERT with a random (but saved, so 'trained') MLM head in BertForMaskedLM layout."""
-    d = tmp_path_factory.mktemp("tiny_mlm")
-    save_tiny_hf_model(d, minilm_dir)
-    torch.manual_seed(0)
-    MaskedLM.from_pretrained(d).save_pretrained(d)
-    return d
-
-
 @pytest.fixture
 def fm(mlm_dir, one_thread):
     return FillMask.from_pretrained(mlm_dir)

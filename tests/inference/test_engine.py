@@ -17,7 +17,6 @@ from bertkit.inference.int8 import Int8Linear, calibration_texts, quantize_linea
 from bertkit.inference.onnx import export_onnx
 from bertkit.model.weights import load_pretrained
 from bertkit.task_model import TaskModel, build_head
-from tests.conftest import save_tiny_hf_model
 
 TEXTS = ["Shares fell sharply after the warning.", "hi", "The minister said the rules would change next year, "
          "after a long consultation with industry and unions.", "omg the train is late AGAIN lol",
@@ -100,14 +99,13 @@ def test_quantize_linears_keeps_named_layers_and_odd_shapes():
 
 
 @pytest.fixture(scope="module")
-def tiny_task_onnx(tmp_path_factory, minilm_dir):
+def tiny_task_onnx(tmp_path_factory, tiny_dir):
     d = tmp_path_factory.mktemp("engine_tiny")
-    save_tiny_hf_model(d / "enc", minilm_dir)
-    encoder, _ = load_pretrained(d / "enc")
+    encoder, _ = load_pretrained(tiny_dir)
     torch.manual_seed(1)
     head = build_head(encoder, "classification", 3).eval()
     torch.nn.init.normal_(head.classifier.weight, std=1.0)
-    TaskModel(head, WordPieceTokenizer.from_dir(d / "enc"), "classification", ["a", "b", "c"], 64).save_pretrained(
+    TaskModel(head, WordPieceTokenizer.from_dir(tiny_dir), "classification", ["a", "b", "c"], 64).save_pretrained(
         d / "task")
     return export_onnx(d / "task", d / "onnx")
 

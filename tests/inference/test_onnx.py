@@ -29,7 +29,6 @@ from bertkit.inference.onnx import (
 from bertkit.model.attention import Packing
 from bertkit.model.weights import load_pretrained
 from bertkit.task_model import TaskModel, build_head
-from tests.conftest import save_tiny_hf_model
 
 # (batch, seq, lengths of the rows): batch 1 and several, lengths 1..64, right padding
 SHAPES = [(1, 1, [1]), (1, 64, [64]), (3, 1, [1, 1, 1]), (4, 17, [17, 9, 3, 1]), (2, 64, [64, 40]),
@@ -43,13 +42,6 @@ def module_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, minilm_dir):
-    d = tmp_path_factory.mktemp("tiny_encoder")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.model.mlm import MaskedLM
 from bertkit.model.weights import load_pretrained
 from bertkit.serve import ServerConfig, create_app, load_service
 from bertkit.serve.service import Service
 from bertkit.task_model import TaskModel, build_head
-from tests.conftest import save_tiny_hf_model
 
 LABELS = {"classification": ["neg", "neu", "pos"], "regression": [],
           "ner": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}
@@ -26,23 +24,6 @@ def serve_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, minilm_dir):
-    d = tmp_path_factory.mktemp("tiny_encoder")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
-
-
-@pytest.fixture(scope="session")
-def mlm_dir(tmp_path_factory, minilm_dir):
-    """BertForMaskedLM layout: the head is saved, so it counts as trained."""
-    d = tmp_path_factory.mktemp("tiny_mlm")
-    save_tiny_hf_model(d, minilm_dir)
-    torch.manual_seed(0)
-    MaskedLM.from_pretrained(d).save_pretrained(d)
-    return d
 
 
 def save_task_model(directory, base_dir, task: str, max_length: int = 64):

@@ -232,3 +232,26 @@ def test_healthz_and_metrics(services, make_app):
 def test_server_config_defaults():
     c = ServerConfig()
     assert (c.max_texts_per_request, c.max_body_bytes, c.batching) == (256, 1 << 20, True)
+
+
+# ---- the onnx backend -----------------------------------------------------------------------------
+def test_onnx_backend_serves_the_same_results(tmp_path, services, make_app, tiny_dir):
+    """`serve --backend onnx` on an exported classifier: embeddings and classify equal torch's to 1e-4."""
+    from bertkit.inference.engine import EngineOptions
+    from bertkit.inference.onnx import export_onnx
+    from tests.serve.conftest import save_task_model
+
+    exported = export_onnx(save_task_model(tmp_path / "task", tiny_dir, "classification"), tmp_path / "onnx")
+    onnx_service = load_service(str(exported), EngineOptions(backend="onnx"))
+    torch_service = load_service(str(exported))
+    assert onnx_service.encoder.onnx is not None and onnx_service.task_model.onnx is not None
+    with TestClient(make_app(onnx_service)) as a, TestClient(make_app(torch_service)) as b:
+        for path in ("/v1/embeddings", "/v1/classify"):
+            got, want = post(a, path, {"input": TEXTS}), post(b, path, {"input": TEXTS})
+            for g, w in zip(got["data"], want["data"], strict=True):
+                if path == "/v1/embeddings":
+                    np.testing.assert_allclose(g["embedding"], w["embedding"], atol=1e-4)
+                else:
+                    assert g["label"] == w["label"]
+                    np.testing.assert_allclose(list(g["probabilities"].values()),
+                                               list(w["probabilities"].values()), atol=1e-4)
