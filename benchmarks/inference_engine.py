@@ -145,7 +145,7 @@ def int8_ablation(n_texts: int, threads: int) -> dict:
 
     import bertkit
     from bertkit.encoder import pool
-    from bertkit.inference.int8 import calibrate, calibration_texts, linear_names, quantize_linears
+    from bertkit.inference.int8 import SMOOTHED, calibrate, calibration_texts, linear_names, quantize_linears
     from bertkit.utils.runtime import tune_allocator
 
     torch.set_num_threads(threads)
@@ -172,13 +172,15 @@ def int8_ablation(n_texts: int, threads: int) -> dict:
             for _, ids, types, packing in base.engine.batches(cal, None, base.device):
                 base.model.forward_packed(ids, packing, types)
 
-    act_max = calibrate(base.model, feed, linear_names(base.model))
+    act_all = calibrate(base.model, feed, linear_names(base.model))
+    act_max = {k: v for k, v in act_all.items() if k.rsplit(".", 1)[-1] in SMOOTHED}  # the LayerNorm-fed ones
     variants = {  # name: (layers kept in float, smoothing maxima, alpha, dtype of the rest)
         "per-token activations, per-channel weights": ((), None, 0.5, "fp32"),
         "+ mlp_out kept in float": (("mlp_out",), None, 0.5, "fp32"),
-        "+ smoothing a=0.5 (default)": ((), act_max, 0.5, "fp32"),
-        "+ smoothing a=0.7": ((), act_max, 0.7, "fp32"),
-        "+ smoothing a=0.5, mlp_out kept in bf16": (("mlp_out",), act_max, 0.5, "bf16"),
+        "+ smoothing Wqkv, mlp_in a=0.5 (default)": ((), act_max, 0.5, "fp32"),
+        "+ smoothing Wqkv, mlp_in a=0.7": ((), act_max, 0.7, "fp32"),
+        "+ smoothing all four layers a=0.5": ((), act_all, 0.5, "fp32"),
+        "+ smoothing Wqkv, mlp_in a=0.5, mlp_out kept in bf16": (("mlp_out",), act_max, 0.5, "bf16"),
     }
     rows = {}
     for name, (keep, maxima, alpha, dtype) in variants.items():

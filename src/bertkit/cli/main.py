@@ -9,6 +9,7 @@ import sys
 from bertkit.cli import (
     data,
     demo,
+    distill,
     embed,
     evaluate,
     evaluate_retrieval,
@@ -31,7 +32,7 @@ COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": eval
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
             "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
             "fill-mask": fill_mask, "score": score, "serve": serve,
-            "train-embeddings": train_embeddings, "train-reranker": train_reranker}
+            "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill}
 
 
 def build_parser() -> argparse.ArgumentParser:

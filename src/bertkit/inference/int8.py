@@ -8,11 +8,12 @@ rounds every other dimension to a handful of levels. Here:
 - **weights**: one scale per output channel (row), symmetric, stored as int8;
 - **activations**: one scale per token (row of ``x``), computed on the fly, so a token's scale follows
   its own largest value and not the batch's;
-- **smoothing** (SmoothQuant, Xiao et al. 2023), optional: per input channel ``j`` the activation is
-  divided and the weight column multiplied by ``s_j = max|x_j|^a / max|W_j|^(1-a)``, moving the
-  outlier dimensions' range from activations into weights; needs activation maxima from calibration
-  texts (``calibrate``). The factor is applied to ``x`` at run time (one multiply), not folded into the
-  previous LayerNorm, so every linear layer is handled the same way;
+- **smoothing** (SmoothQuant, Xiao et al. 2023): per input channel ``j`` the activation is divided and
+  the weight column multiplied by ``s_j = max|x_j|^a / max|W_j|^(1-a)``, moving the outlier dimensions'
+  range from activations into weights; needs activation maxima from calibration texts (``calibrate``).
+  ``quantize_encoder`` smooths the layers fed by a LayerNorm (``Wqkv``, ``mlp_in``: ``SMOOTHED``), as the
+  paper does; the factor is applied to ``x`` at run time (one multiply), because in post-norm BERT the
+  LayerNorm output is also the residual stream and cannot absorb it;
 - layers named in ``keep`` stay in floating point (see README for which ones measured worth keeping).
 
 ``Int8Linear.forward``: x (..., in) float -> (..., out) float, through ``torch._int_mm`` on (tokens, in) int8.
@@ -57,6 +58,29 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)  # (out,) fp32
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    @classmethod
+    def from_quantized(cls, weight_t: Tensor, scale: Tensor, bias: Tensor | None = None,
+                       inv_smooth: Tensor | None = None) -> Int8Linear:
+        """An Int8Linear from the tensors another one holds (a saved checkpoint): weight_t (in, out) int8,
+        scale (out,) with the activations' 1/127 folded in, as ``__init__`` makes it; bias (out,); inv_smooth (in,)."""
+        in_f, out_f = weight_t.shape
+        if weight_t.dtype != torch.int8:
+            raise ValueError(f"weight_t must be int8, got {weight_t.dtype}")
+        for name, t, n in (("scale", scale, out_f), ("bias", bias, out_f), ("inv_smooth", inv_smooth, in_f)):
+            if t is not None and tuple(t.shape) != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.register_buffer("weight_t", weight_t)
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("bias", None if bias is None else bias.float())
+        if inv_smooth is not None:
+            self.register_buffer("inv_smooth", inv_smooth.float())
+        else:
+            self.inv_smooth = None
+        self.in_features, self.out_features = in_f, out_f
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         # Few, large ops: at batch 1 (25 tokens) the GEMM takes 40 us and every extra pass over x or y ~5 us.
@@ -143,10 +167,12 @@ def quantize_linears(module: nn.Module, keep: Iterable[str] = (), act_max: dict[
 
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
-# Measured on all-MiniLM-L6-v2 (README "Inference engine"): smoothing at alpha 0.5 raised the worst-case
-# cosine to fp32 from 0.988 to 0.996; keeping mlp_out in float added 0.002 at a 12% speed cost, so by
-# default every linear layer is int8.
+# Measured on all-MiniLM-L6-v2 (README "Serving", `benchmarks/inference_engine.py --int8-ablation`): smoothing
+# the layers fed by a LayerNorm (where BERT's outlier channels live, as in SmoothQuant) at alpha 0.5 raised the
+# worst-case cosine to fp32 from 0.988 to 0.997; smoothing attn_out and mlp_out too made it worse (0.994);
+# keeping mlp_out in float added 0.002 at a 17% speed cost, so by default every linear layer is int8.
 DEFAULT_ALPHA = 0.5
+SMOOTHED = ("Wqkv", "mlp_in")
 
 
 def calibration_texts(path: str | os.PathLike[str] | None = None) -> list[str]:
@@ -171,5 +197,5 @@ def quantize_encoder(encoder: BertModel, tokenizer: WordPieceTokenizer, engine: 
         for _, flat, types, packing in engine.batches(ids, None, device):
             encoder.forward_packed(flat, packing, types)
 
-    act_max = calibrate(encoder, feed, linear_names(encoder))
+    act_max = calibrate(encoder, feed, [n for n in linear_names(encoder) if n.rsplit(".", 1)[-1] in SMOOTHED])
     return quantize_linears(encoder, keep, act_max, alpha, log_name=name)

@@ -9,6 +9,9 @@ Plain BERT by default; ``EncoderConfig`` options give MosaicBERT / ModernBERT-st
                              to the scores; neither has a position table (``Embeddings.position`` is None)
 ``use_bias=False``           no bias in the layers' Linears (LayerNorms and the pooler keep theirs)
 ``final_norm``               a LayerNorm after the last layer
+``pruned_heads``, ``intermediate_sizes``  per-layer sizes left by structured pruning (``compress/structured.py``):
+                             layer i has ``len(cfg.layer_heads(i))`` heads and ``cfg.layer_intermediate_size(i)``
+                             FFN neurons; its matrices are that much smaller
 
 One set of weights, three execution paths (see ``attention.py``). The linear layers, LayerNorms and
 feed-forward block are shape-agnostic over the leading dimensions, so the same modules run on a padded
@@ -88,17 +91,23 @@ class Embeddings(nn.Module):
 
 
 class Layer(nn.Module):
-    """Transformer layer, post-norm (BERT) or pre-norm (``cfg.prenorm``); see the module docstring."""
+    """Transformer layer, post-norm (BERT) or pre-norm (``cfg.prenorm``); see the module docstring.
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    Layer ``index`` of ``cfg`` has its own head count and FFN width once pruned: with a = heads * head_dim,
+    ``Wqkv`` is (3 * a, hidden) with rows [q; k; v], each head-major; ``attn_out`` is (hidden, a).
+    """
+
+    def __init__(self, cfg: EncoderConfig, index: int = 0) -> None:
         super().__init__()
-        h, i, bias = cfg.hidden_size, cfg.intermediate_size, cfg.use_bias
-        self.num_heads = cfg.num_attention_heads
+        h, i, bias = cfg.hidden_size, cfg.layer_intermediate_size(index), cfg.use_bias
+        self.head_ids = cfg.layer_heads(index)  # original ids of the heads kept (ALiBi slopes follow them)
+        self.num_heads = len(self.head_ids)
+        a = self.num_heads * cfg.head_dim
         self.attn_dropout = cfg.attention_probs_dropout_prob
         self.prenorm = cfg.prenorm
         self.glu = cfg.ffn_type == "glu"
-        self.Wqkv = nn.Linear(h, 3 * h, bias=bias)
-        self.attn_out = nn.Linear(h, h, bias=bias)
+        self.Wqkv = nn.Linear(h, 3 * a, bias=bias)
+        self.attn_out = nn.Linear(a, h, bias=bias)
         self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.mlp_in = nn.Linear(h, 2 * i if self.glu else i, bias=bias)  # GLU: rows [gate; up]
         self.mlp_out = nn.Linear(i, h, bias=bias)
@@ -114,7 +123,9 @@ class Layer(nn.Module):
         rope, alibi: position tables from ``BertModel.relative_positions`` (or None), as attention takes them.
         """
         p = self.attn_dropout if self.training else 0.0
-        qkv = self.Wqkv(self.attn_norm(h) if self.prenorm else h)  # (..., 3 * hidden)
+        if alibi is not None and alibi.shape[0] != self.num_heads:  # pruned heads: the slopes of those kept
+            alibi = alibi[self.head_ids]
+        qkv = self.Wqkv(self.attn_norm(h) if self.prenorm else h)  # (..., 3 * heads * head_dim)
         if path == "unpadded":
             ctx = unpadded_attention(qkv, packing, self.num_heads, p, rope, alibi)
         else:
@@ -146,7 +157,9 @@ class Layer(nn.Module):
 
 def _add_linear_(residual: Tensor, x: Tensor, linear: nn.Linear) -> Tensor:
     """residual += linear(x), in place: x (..., in), residual (..., out) -> residual."""
-    if type(linear) is not nn.Linear:  # e.g. an int8 layer (inference/int8.py): its own GEMM, then one add
+    # An int8 layer (inference/int8.py) runs its own GEMM; a layer with forward hooks (calibration,
+    # distillation) must be called as a module or its hooks never fire.
+    if type(linear) is not nn.Linear or linear._forward_hooks or linear._forward_pre_hooks:
         return residual.add_(linear(x))
     flat = residual.view(-1, residual.shape[-1])
     flat.addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())
@@ -177,7 +190,7 @@ class BertModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = Embeddings(cfg)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.final_norm else None
         self.pooler = Pooler(cfg) if add_pooler else None
         self.path = path

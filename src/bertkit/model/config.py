@@ -8,6 +8,19 @@ Modern-encoder options (MosaicBERT / ModernBERT style, see ``bert.py``) are extr
 ``to_dict`` writes only when they differ from their defaults, so a plain BERT config.json is
 exactly what BertConfig writes: ``prenorm``, ``ffn_type``, ``rope_theta``, ``use_bias``,
 ``final_norm``; ``position_embedding_type`` also accepts ``"rope"`` and ``"alibi"``.
+
+Structured pruning (``bertkit.compress.structured``) gives layers their own sizes; both keys are written
+only when set:
+
+``pruned_heads``        ``{layer: [head ids]}``, the heads removed from each layer, numbered as in the
+                        unpruned layer (0..num_attention_heads-1). Hugging Face's own key: transformers 4.x
+                        ``BertModel`` prunes these heads at init, so a head-pruned checkpoint loads there
+                        with equal outputs (checked with 4.46). transformers 5 removed head pruning: its
+                        ``from_pretrained`` refuses the smaller q/k/v tensors (size mismatch). A layer keeps
+                        at least one head; drop a whole layer instead (``drop_layers``).
+``intermediate_sizes``  ``[int] * num_hidden_layers``, each layer's FFN width (default: ``intermediate_size``
+                        everywhere). Our key: transformers has no per-layer FFN size, so a checkpoint with
+                        pruned FFN neurons loads in bertkit only (``save_pretrained`` still writes HF names).
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ SUPPORTED_POSITION_TYPES = ("absolute", "rope", "alibi")
 SUPPORTED_FFN_TYPES = ("mlp", "glu")
 # Fields beyond BertConfig: written to config.json only when not at their default.
 OPTION_FIELDS = ("prenorm", "ffn_type", "rope_theta", "use_bias", "final_norm")
+# Per-layer sizes after structured pruning: validated on their own, written only when set.
+PRUNING_FIELDS = ("pruned_heads", "intermediate_sizes")
 
 
 @dataclass
@@ -54,19 +69,30 @@ class EncoderConfig:
     rope_theta: float = 10000.0  # RoPE base, used when position_embedding_type == "rope"
     use_bias: bool = True  # False: the encoder layers' Linears have no bias (LayerNorms keep theirs)
     final_norm: bool = False  # a LayerNorm after the last layer (pre-norm stacks need one)
+    pruned_heads: dict[int, list[int]] = field(default_factory=dict)  # layer -> removed head ids (HF's key)
+    intermediate_sizes: list[int] | None = None  # per-layer FFN width; None: intermediate_size everywhere
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.pruned_heads = _canonical_pruned_heads(self.pruned_heads)
         self.validate()
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def layer_heads(self, layer: int) -> list[int]:
+        """The ids of the heads layer ``layer`` keeps, in order (ids of the unpruned layer)."""
+        removed = set(self.pruned_heads.get(layer, ()))
+        return [h for h in range(self.num_attention_heads) if h not in removed]
+
+    def layer_intermediate_size(self, layer: int) -> int:
+        return self.intermediate_size if self.intermediate_sizes is None else self.intermediate_sizes[layer]
+
     def validate(self) -> None:
         """Raise ConfigError naming the field for any setting this encoder cannot run."""
         for f in dataclasses.fields(self):
-            if f.name == "extra":
+            if f.name in ("extra", *PRUNING_FIELDS):
                 continue
             value = getattr(self, f.name)
             if value is None and f.name == "classifier_dropout":
@@ -108,6 +134,34 @@ class EncoderConfig:
         for name in ("is_decoder", "add_cross_attention"):
             if self.extra.get(name):
                 raise ConfigError(f"config field '{name}' is true; bertkit builds encoders only")
+        self._validate_pruning()
+
+    def _validate_pruning(self) -> None:
+        n_layers, n_heads = self.num_hidden_layers, self.num_attention_heads
+        for layer, heads in _canonical_pruned_heads(self.pruned_heads).items():  # the field may be reassigned
+            if not 0 <= layer < n_layers:
+                raise ConfigError(f"config field 'pruned_heads' names layer {layer}; "
+                                  f"the model has layers 0..{n_layers - 1}")
+            bad = [h for h in heads if not 0 <= h < n_heads]
+            if bad:
+                raise ConfigError(f"config field 'pruned_heads' lists head {bad[0]} for layer {layer}; "
+                                  f"heads are 0..{n_heads - 1}")
+            if len(heads) == n_heads:
+                raise ConfigError(f"config field 'pruned_heads' removes all {n_heads} heads of layer {layer}; "
+                                  "a layer keeps at least one (drop the whole layer instead)")
+        sizes = self.intermediate_sizes
+        if sizes is None:
+            return
+        if not isinstance(sizes, list) or not all(_type_ok(x, int) for x in sizes):
+            raise ConfigError(f"config field 'intermediate_sizes' must be a list of ints (one per layer) "
+                              f"or null, got {sizes!r}")
+        if len(sizes) != n_layers:
+            raise ConfigError(f"config field 'intermediate_sizes' has {len(sizes)} entries for "
+                              f"{n_layers} layers ('num_hidden_layers')")
+        bad_sizes = [(i, x) for i, x in enumerate(sizes) if x < 1]
+        if bad_sizes:
+            i, x = bad_sizes[0]
+            raise ConfigError(f"config field 'intermediate_sizes' gives layer {i} size {x}; each must be >= 1")
 
     # ---- HF config.json -------------------------------------------------------------
     @classmethod
@@ -116,14 +170,19 @@ class EncoderConfig:
         kwargs = {k: v for k, v in d.items() if k in known}
         # JSON has one number type: accept 1 for a float field, as transformers does.
         for k, v in kwargs.items():
-            if _FIELD_TYPES[k] is float and isinstance(v, int) and not isinstance(v, bool):
+            if _FIELD_TYPES.get(k) is float and isinstance(v, int) and not isinstance(v, bool):
                 kwargs[k] = float(v)
         extra = {k: v for k, v in d.items() if k not in known}
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name != "extra" and not (f.name in OPTION_FIELDS and getattr(self, f.name) == f.default)}
+             if f.name not in ("extra", *PRUNING_FIELDS)
+             and not (f.name in OPTION_FIELDS and getattr(self, f.name) == f.default)}
+        if self.pruned_heads:  # JSON object keys are strings; HF writes them so too
+            d["pruned_heads"] = {str(k): list(v) for k, v in self.pruned_heads.items()}
+        if self.intermediate_sizes is not None:
+            d["intermediate_sizes"] = list(self.intermediate_sizes)
         out = dict(self.extra)
         out.update(d)
         out.setdefault("architectures", ["BertModel"])
@@ -160,6 +219,30 @@ _FIELD_TYPES: dict[str, type] = {
     "model_type": str, "prenorm": bool, "ffn_type": str, "rope_theta": float, "use_bias": bool,
     "final_norm": bool,
 }
+
+
+def _canonical_pruned_heads(value: Any) -> dict[int, list[int]]:
+    """{layer: head ids} with int layers (JSON gives "3"), sorted unique ids, no empty lists."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field 'pruned_heads' must be an object {{layer: [head ids]}}, got {value!r}")
+    out: dict[int, list[int]] = {}
+    for key, heads in value.items():
+        if _type_ok(key, int):
+            layer = key
+        elif isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            layer = int(key)
+        else:
+            raise ConfigError(f"config field 'pruned_heads' has key {key!r}; keys are layer numbers")
+        if not isinstance(heads, (list, tuple, set)) or not all(_type_ok(h, int) for h in heads):
+            raise ConfigError(f"config field 'pruned_heads' for layer {key!r} must be a list of head ids, "
+                              f"got {heads!r}")
+        if layer in out:
+            raise ConfigError(f"config field 'pruned_heads' names layer {layer} twice")
+        if heads:
+            out[layer] = sorted(set(heads))
+    return dict(sorted(out.items()))
 
 
 def _type_ok(value: Any, want: type) -> bool:

@@ -12,6 +12,11 @@ Linear biases, rope / alibi drop ``embeddings.position_embeddings.weight``, GLU 
 ``intermediate.dense`` at shape (2 * intermediate, hidden) with rows [gate; up], pre-norm keeps
 ``attention.output.LayerNorm`` / ``output.LayerNorm`` for the norms before attention / FFN, and
 ``final_norm`` adds ``encoder.final_norm.{weight,bias}`` (a name of ours; BertModel has none).
+
+Pruned layers (config ``pruned_heads`` / ``intermediate_sizes``) keep the names at smaller shapes, as
+transformers 4.x's head pruning saves them: query/key/value (heads * head_dim, hidden), attention.output.dense
+(hidden, heads * head_dim), intermediate.dense / output.dense at the layer's own FFN width. Shapes are
+checked against the config as for any checkpoint.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ _QKV = ("query", "key", "value")
 
 def hf_key_map(cfg: EncoderConfig, pooler: bool) -> dict[str, tuple[str, slice | None]]:
     """HF key -> (our key, row slice of our tensor or None for the whole tensor), for ``cfg``'s options."""
-    hidden = cfg.hidden_size
     linear_params = ("weight", "bias") if cfg.use_bias else ("weight",)
     m: dict[str, tuple[str, slice | None]] = {"embeddings.word_embeddings.weight": ("embeddings.word.weight", None)}
     if cfg.position_embedding_type == "absolute":
@@ -56,8 +60,9 @@ def hf_key_map(cfg: EncoderConfig, pooler: bool) -> dict[str, tuple[str, slice |
     m["embeddings.LayerNorm.bias"] = ("embeddings.norm.bias", None)
     for i in range(cfg.num_hidden_layers):
         hf, ours = f"encoder.layer.{i}.", f"layers.{i}."
+        a = len(cfg.layer_heads(i)) * cfg.head_dim  # hidden, unless heads were pruned
         for j, name in enumerate(_QKV):
-            rows = slice(j * hidden, (j + 1) * hidden)
+            rows = slice(j * a, (j + 1) * a)
             for p in linear_params:
                 m[f"{hf}attention.self.{name}.{p}"] = (f"{ours}Wqkv.{p}", rows)
         for hf_suffix, our_suffix, is_norm in _LAYER_MAP:

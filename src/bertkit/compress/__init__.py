@@ -1,0 +1,1 @@
+"""Model compression: smaller, faster encoders from trained ones."""
