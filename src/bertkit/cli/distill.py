@@ -16,10 +16,8 @@ import json
 
 import yaml
 
-from bertkit.cli.finetune import read_recipe
+from bertkit.cli.finetune import DATA_FLAGS, DEVICE_FLAG, TRAINING_FLAGS, read_recipe
 from bertkit.compress.distill import ATTN_LAYERS, DistillConfig, distill
-from bertkit.train.engine import PRECISIONS
-from bertkit.train.optim import SCHEDULES
 
 
 def _ints(text: str) -> list[int]:
@@ -48,13 +46,7 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--teacher-weights", dict(type=_floats, help="soft-label weight per teacher, e.g. 0.7,0.3 (normalized)")),
     ("--student-layers", dict(type=_ints, help="keep these teacher layers (0-based), e.g. 0,2,4")),
     ("--student-model", dict(help="start from this encoder (e.g. a general-distillation output)")),
-    ("--dataset", dict(help="built-in dataset: bbc-news, tweet-sentiment, wnut16-ner")),
-    ("--train", dict(dest="train_file", help="training file (.csv/.tsv/.jsonl/.parquet; NER also .conll)")),
-    ("--eval", dict(dest="eval_file", help="dev file; without it the training file is split 80/10/10")),
-    ("--test", dict(dest="test_file", help="test file (with --eval)")),
-    ("--text-column", dict()), ("--text-pair-column", dict()), ("--label-column", dict()),
-    ("--label-separator", dict(help="multilabel: separator of labels in one CSV cell (default |)")),
-    ("--max-length", dict(type=int, help="tokens per example (default 128)")),
+    *DATA_FLAGS,
     ("--temperature", dict(type=float, help="soft-label temperature T (default 2)")),
     ("--alpha-kl", dict(type=float, help="weight of the soft-label KL (default 0.5)")),
     ("--alpha-ce", dict(type=float, help="weight of the hard-label task loss (default 0.5)")),
@@ -65,17 +57,8 @@ _FLAGS: list[tuple[str, dict]] = [
                                           "or uniform)")),
     ("--attn-layers", dict(choices=ATTN_LAYERS, help="attention/value losses on the last layers or all mapped")),
     ("--relation-heads", dict(type=int, help="heads compared when teacher and student head counts differ")),
-    ("--epochs", dict(type=float)), ("--max-steps", dict(type=int)), ("--lr", dict(type=float)),
-    ("--batch-size", dict(type=int)), ("--grad-accum", dict(type=int)), ("--weight-decay", dict(type=float)),
-    ("--warmup-ratio", dict(type=float)), ("--schedule", dict(choices=SCHEDULES)),
-    ("--max-grad-norm", dict(type=float)), ("--seed", dict(type=int)),
-    ("--eval-every", dict(type=int, help="evaluate every N optimizer steps (default: each epoch)")),
-    ("--metric", dict(help="eval metric that picks the best student (default: the task's main metric)")),
-    ("--patience", dict(type=int, help="early stopping after N evals without improvement")),
-    ("--time-budget", dict(help="stop training after this long, e.g. 90s, 10m, 1h")),
-    ("--precision", dict(choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")),
-    ("--checkpoint-every", dict(type=int)), ("--keep-checkpoints", dict(type=int)),
-    ("--device", dict(help="cpu, cuda, cuda:1 (default: CUDA when present)")),
+    *TRAINING_FLAGS,
+    DEVICE_FLAG,
 ]
 
 

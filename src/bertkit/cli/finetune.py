@@ -16,10 +16,9 @@ from bertkit.train.engine import PRECISIONS
 from bertkit.train.finetune import FinetuneConfig, finetune
 from bertkit.train.optim import SCHEDULES
 
-# flag -> config field (None: the flag's own name with dashes turned into underscores)
-_FLAGS: list[tuple[str, dict]] = [
-    ("--task", dict(choices=TASKS, help="default: classification")),
-    ("--model", dict(help="built-in name or local HF directory (default all-MiniLM-L6-v2)")),
+# flag -> config field (None: the flag's own name with dashes turned into underscores). The data and training
+# flags are shared with `bertkit distill`.
+DATA_FLAGS: list[tuple[str, dict]] = [
     ("--dataset", dict(help="built-in dataset: bbc-news, tweet-sentiment, wnut16-ner")),
     ("--train", dict(dest="train_file", help="training file (.csv/.tsv/.jsonl/.parquet; NER also .conll)")),
     ("--eval", dict(dest="eval_file", help="dev file; without it the training file is split 80/10/10")),
@@ -27,6 +26,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--text-column", dict()), ("--text-pair-column", dict()), ("--label-column", dict()),
     ("--label-separator", dict(help="multilabel: separator of labels in one CSV cell (default |)")),
     ("--max-length", dict(type=int, help="tokens per example (default 128)")),
+]
+TRAINING_FLAGS: list[tuple[str, dict]] = [
     ("--epochs", dict(type=float)), ("--max-steps", dict(type=int)), ("--lr", dict(type=float)),
     ("--batch-size", dict(type=int)), ("--grad-accum", dict(type=int)), ("--weight-decay", dict(type=float)),
     ("--warmup-ratio", dict(type=float)), ("--schedule", dict(choices=SCHEDULES)),
@@ -37,10 +38,16 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--time-budget", dict(help="stop training after this long, e.g. 90s, 10m, 1h")),
     ("--precision", dict(choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")),
     ("--checkpoint-every", dict(type=int)), ("--keep-checkpoints", dict(type=int)),
+]
+DEVICE_FLAG = ("--device", dict(help="cpu, cuda, cuda:1 (default: CUDA when present)"))
+_FLAGS: list[tuple[str, dict]] = [
+    ("--task", dict(choices=TASKS, help="default: classification")),
+    ("--model", dict(help="built-in name or local HF directory (default all-MiniLM-L6-v2)")),
+    *DATA_FLAGS, *TRAINING_FLAGS,
     ("--layer-decay", dict(type=float, help="layer-wise LR decay factor, e.g. 0.9 (default off)")),
     ("--reinit-layers", dict(type=int, help="re-initialise the top k layers")),
     ("--freeze-layers", dict(type=int, help="freeze the bottom k layers")),
-    ("--device", dict(help="cpu, cuda, cuda:1 (default: CUDA when present)")),
+    DEVICE_FLAG,
 ]
 
 
