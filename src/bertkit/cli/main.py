@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bertkit.cli import (
+    compress,
     data,
     demo,
     distill,
@@ -32,7 +33,8 @@ COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": eval
             "data": data, "demo": demo, "tokenizer": tokenizer, "pretrain": pretrain,
             "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
             "fill-mask": fill_mask, "score": score, "serve": serve,
-            "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill}
+            "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill,
+            "compress": compress}
 
 
 def build_parser() -> argparse.ArgumentParser:

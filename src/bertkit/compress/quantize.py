@@ -209,6 +209,48 @@ class WeightOnlyLinear(nn.Module):
                 f"scales={str(self.scales.dtype).removeprefix('torch.')}")
 
 
+class QuantizedEmbedding(nn.Module):
+    """An ``nn.Embedding`` stored group-wise quantized along the hidden dimension (each row its own scales).
+
+    qweight: (num, dim) int8, or (num, dim / 2) uint8 for 4 bits; scales: (num, ceil(dim / group_size)).
+    forward: ids (...) -> (..., dim) fp32, dequantizing only the rows looked up. The word embeddings are
+    half of all-MiniLM-L6-v2's weights (30522 x 384), so a small checkpoint has to shrink them too.
+    """
+
+    def __init__(self, qweight: Tensor, scales: Tensor, bits: int, group_size: int, embedding_dim: int,
+                 padding_idx: int | None = None) -> None:
+        super().__init__()
+        qmax(bits)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.bits, self.group_size = bits, min(group_size, embedding_dim)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = qweight.shape[0], embedding_dim, padding_idx
+        # size_report and the checkpoint describe every quantized module by (in, out) and bias
+        self.in_features, self.out_features, self.bias = embedding_dim, qweight.shape[0], None
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, bits: int, group_size: int = 128,
+                       scale_dtype: torch.dtype = torch.float16) -> QuantizedEmbedding:
+        if bits == 4 and emb.embedding_dim % 2:
+            raise QuantizationError(f"int4 needs an even embedding size, got {emb.embedding_dim}")
+        q, scales = quantize_groups(emb.weight, bits, group_size, scale_dtype)
+        return cls(pack_int4(q) if bits == 4 else q, scales, bits, group_size, emb.embedding_dim, emb.padding_idx)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = self.qweight[ids.reshape(-1)]  # (n, dim) int8 or (n, dim / 2) uint8
+        q = unpack_int4(rows) if self.bits == 4 else rows
+        out = dequantize_groups(q, self.scales[ids.reshape(-1)], self.group_size)  # (n, dim)
+        return out.view(*ids.shape, self.embedding_dim)
+
+    def dequantize(self) -> Tensor:
+        """(num, dim) fp32."""
+        q = unpack_int4(self.qweight) if self.bits == 4 else self.qweight
+        return dequantize_groups(q, self.scales, self.group_size)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}, group={self.group_size}"
+
+
 class StaticInt8Linear(nn.Module):
     """int8 x int8 -> int32 GEMM with activation scales fixed at calibration.
 
@@ -304,10 +346,12 @@ class FakeQuantLinear(nn.Linear):
         return f"{super().extra_repr()}, fake int{self.bits}, group={self.group_size}{act}"
 
 
-_QUANTIZED = (WeightOnlyLinear, StaticInt8Linear, Int8Linear, FakeQuantLinear)
+_QUANTIZED = (WeightOnlyLinear, StaticInt8Linear, Int8Linear, FakeQuantLinear, QuantizedEmbedding)
 
 
 def describe_layer(m: nn.Module) -> str:
+    if isinstance(m, QuantizedEmbedding):
+        return f"int{m.bits} embedding, group {m.group_size}"
     if isinstance(m, WeightOnlyLinear):
         return f"int{m.bits} weight-only, group {m.group_size}"
     if isinstance(m, StaticInt8Linear):
@@ -390,6 +434,33 @@ def quantize_weights(model: Any, bits: int = 8, group_size: int = 128, skip: Ite
     return names
 
 
+@torch.no_grad()
+def quantize_embeddings(model: Any, bits: int = 8, group_size: int = 128, scale_dtype: str = "fp16") -> list[str]:
+    """Replace the word and position tables (``embeddings.word``, ``embeddings.position`` when the model has
+    one) by ``QuantizedEmbedding`` at ``bits``, in place. The token-type table (2 rows) stays float. Refuses an
+    already quantized table. Returns the names replaced."""
+    qmax(bits)
+    if scale_dtype not in _SCALE_DTYPES:
+        raise QuantizationError(f"scale_dtype must be one of {', '.join(_SCALE_DTYPES)}, got {scale_dtype!r}")
+    module = _module(model)
+    names = [n for n, m in module.named_modules()
+             if n.rpartition(".")[2] in ("word", "position") and n.rpartition(".")[0].endswith("embeddings")
+             and isinstance(m, nn.Embedding | QuantizedEmbedding)]
+    if not names:
+        raise QuantizationError("quantize_embeddings: the model has no 'embeddings.word' table")
+    for name in names:
+        emb = module.get_submodule(name)
+        if isinstance(emb, QuantizedEmbedding):
+            raise QuantizationError(f"quantize_embeddings(bits={bits}): {name!r} is already quantized "
+                                    f"({describe_layer(emb)})")
+    for name in names:
+        emb = module.get_submodule(name)
+        _replace(module, name, QuantizedEmbedding.from_embedding(emb, bits, group_size, _SCALE_DTYPES[scale_dtype]))
+        log.info("embeddings int%d: %s (%d x %d) quantized in groups of %d", bits, name, emb.num_embeddings,
+                 emb.embedding_dim, group_size)
+    return names
+
+
 def _to_linear(m: nn.Module) -> nn.Linear:
     """A float nn.Linear computing what the quantized module ``m`` stores (activation rounding aside)."""
     if isinstance(m, WeightOnlyLinear):
@@ -417,7 +488,13 @@ def dequantize_model(model: Any) -> list[str]:
     module = _module(model)
     names = [n for n, m in module.named_modules() if isinstance(m, _QUANTIZED)]
     for name in names:
-        _replace(module, name, _to_linear(module.get_submodule(name)))
+        m = module.get_submodule(name)
+        if isinstance(m, QuantizedEmbedding):
+            emb = nn.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx, device="meta")
+            emb.weight = nn.Parameter(m.dequantize().contiguous())
+            _replace(module, name, emb)
+        else:
+            _replace(module, name, _to_linear(m))
     return names
 
 
@@ -570,11 +647,15 @@ def unpack_bits(packed: Tensor, n: int) -> Tensor:
     return ((packed[:, None] >> torch.arange(8)) & 1).reshape(-1)[:n].bool()
 
 
-_STORABLE = (nn.Linear, nn.LayerNorm, nn.Embedding, WeightOnlyLinear, StaticInt8Linear, Int8Linear)
+_STORABLE = (nn.Linear, nn.LayerNorm, nn.Embedding, WeightOnlyLinear, StaticInt8Linear, Int8Linear,
+             QuantizedEmbedding)
 
 
 def _layer_spec(m: nn.Module) -> dict[str, Any]:
     spec: dict[str, Any] = {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, QuantizedEmbedding):  # in = embedding size, out = rows
+        return {"kind": "embedding", "bits": m.bits, "group_size": m.group_size, "padding_idx": m.padding_idx,
+                "scale_dtype": str(m.scales.dtype).removeprefix("torch."), **spec}
     if isinstance(m, WeightOnlyLinear):
         return {"kind": "weight_only", "bits": m.bits, "group_size": m.group_size,
                 "scale_dtype": str(m.scales.dtype).removeprefix("torch."), **spec}
@@ -703,6 +784,9 @@ def _build_layer(name: str, spec: dict[str, Any], state: dict[str, Tensor], sour
     p = f"{name}."
     try:
         bias = state.get(p + "bias") if spec["bias"] else None
+        if spec["kind"] == "embedding":
+            return QuantizedEmbedding(state[p + "qweight"], state[p + "scales"], int(spec["bits"]),
+                                      int(spec["group_size"]), int(spec["in"]), spec.get("padding_idx"))
         if spec["kind"] == "weight_only":
             return WeightOnlyLinear(state[p + "qweight"], state[p + "scales"], bias, int(spec["bits"]),
                                     int(spec["group_size"]), int(spec["in"]))
@@ -752,7 +836,9 @@ def load_compressed(directory: str | os.PathLike[str], device: str | torch.devic
             old = module.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"{weights}: quantized layer {name!r} is not in this model") from None
-        if type(old) is not nn.Linear or (old.in_features, old.out_features) != (spec["in"], spec["out"]):
+        shape = ((old.embedding_dim, old.num_embeddings) if type(old) is nn.Embedding else
+                 (old.in_features, old.out_features) if type(old) is nn.Linear else None)
+        if shape != (spec["in"], spec["out"]) or (type(old) is nn.Embedding) != (spec["kind"] == "embedding"):
             raise CheckpointError(f"{weights}: layer {name!r} is {spec['in']} -> {spec['out']} in the file, "
                                   f"{old} in the model config")
         _replace(module, name, _build_layer(name, spec, state, str(weights)))
@@ -823,6 +909,8 @@ def size_report(directory: str | os.PathLike[str]) -> dict[str, Any]:
         spec = section["layers"].get(layer)
         if name.endswith(".mask"):
             kind = "masks"
+        elif spec is not None and spec["kind"] == "embedding":
+            kind = "embeddings"  # quantized table and its scales
         elif spec is not None and leaf in ("qweight", "weight_t"):
             kind = f"weights_int{spec['bits']}"
         elif spec is not None and leaf in _SCALE_NAMES:
@@ -837,8 +925,10 @@ def size_report(directory: str | os.PathLike[str]) -> dict[str, Any]:
         tensors[name] = {"kind": kind, "dtype": info["dtype"], "shape": info["shape"], "bytes": nbytes}
         if kind in ("masks", "scales"):
             continue
-        if kind.startswith("weights_int"):
+        if kind.startswith("weights_int") or (spec is not None and leaf == "qweight"):
             fp32 += 4 * spec["in"] * spec["out"]
+        elif spec is not None and spec["kind"] == "embedding":  # a quantized embedding's scales
+            continue
         elif base in section["sparse"]:
             fp32 += 4 * int(torch.Size(section["sparse"][base]["shape"]).numel())
         else:
