@@ -68,11 +68,10 @@ from bertkit.model.config import EncoderConfig
 from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
 from bertkit.model.weights import load_pretrained, save_weights
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
-from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
+from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
 from bertkit.train.finetune import FinetuneConfig, load_splits, prepare_output_dir
 from bertkit.train.pretrain import default_cache_dir
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.recipes import from_dict
 from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
@@ -500,23 +499,6 @@ class Distiller(nn.Module):
 # configs
 
 
-def _config_from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """A recipe (flat training keys allowed, as fine-tuning recipes have them, or a ``training:`` block) ->
-    ``cls``; unknown keys and wrong types are errors naming the key; training keys sit on top of
-    ``cls``'s default training settings."""
-    d = dict(d)
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    own = {f.name for f in dataclasses.fields(cls)}
-    training = dict(d.pop("training", None) or {})
-    for k in [k for k in d if k not in own and k in train_fields]:
-        training[k] = d.pop(k)
-    if isinstance(training.get("time_budget"), str):
-        training["time_budget"] = parse_duration(training["time_budget"])
-    cfg = from_dict(cls, {**d, "training": training})
-    cfg.training = TrainConfig(**{**asdict(cls().training), **{k: getattr(cfg.training, k) for k in training}})
-    return cfg
-
-
 def _check_student_source(cfg: Any) -> None:
     names = [n for n in ("student_layers", "student_config", "student_model") if hasattr(cfg, n)]
     given = [n for n in names if getattr(cfg, n)]
@@ -572,7 +554,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         """From a plain mapping (a YAML recipe or kwargs); training keys may be flat or under ``training``."""
-        cfg = _config_from_dict(cls, d)
+        cfg = config_from_dict(cls, d)
         cfg.validate()
         return cfg
 
@@ -768,7 +750,7 @@ class GeneralDistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneralDistillConfig:
-        cfg = _config_from_dict(cls, d)
+        cfg = config_from_dict(cls, d)
         cfg.validate()
         return cfg
 

@@ -24,6 +24,7 @@ evaluates (same weights, same data, same numbers, so early stopping agrees); ran
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -132,6 +133,26 @@ def parse_duration(text: str | float | None) -> float | None:
     if not m:
         raise ValueError(f"cannot read duration {text!r}; use e.g. 90s, 10m or 1.5h")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """A trainer's config dataclass ``cls`` (with a ``training: TrainConfig`` field) from a plain mapping: a YAML
+    recipe or kwargs. Training keys may sit flat, as fine-tuning recipes have them, or in a ``training:`` block;
+    unknown keys and wrong types are errors naming the key (``utils/recipes.from_dict``). Training keys go on
+    top of ``cls``'s default training settings."""
+    from bertkit.utils.recipes import from_dict
+
+    d = dict(d)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    own = {f.name for f in dataclasses.fields(cls)}
+    training = dict(d.pop("training", None) or {})
+    for k in [k for k in d if k not in own and k in train_fields]:
+        training[k] = d.pop(k)
+    if isinstance(training.get("time_budget"), str):
+        training["time_budget"] = parse_duration(training["time_budget"])
+    cfg = from_dict(cls, {**d, "training": training})
+    cfg.training = TrainConfig(**{**asdict(cls().training), **{k: getattr(cfg.training, k) for k in training}})
+    return cfg
 
 
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -36,7 +36,7 @@ from bertkit.model.heads import strip_task_keys
 from bertkit.model.weights import load_pretrained
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.checkpoint import checkpoint_dir
-from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
+from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
 
@@ -68,26 +68,8 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        """From a plain mapping (a YAML recipe or kwargs); unknown keys are an error naming them."""
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        own = {f.name for f in dataclasses.fields(cls)} - {"training"}
-        nested = dict(d.get("training") or {})
-        flat = {}
-        for k, v in d.items():
-            if k == "training":
-                continue
-            if k in own:
-                flat[k] = v
-            elif k in train_fields:
-                nested[k] = v
-            else:
-                raise ValueError(f"unknown fine-tuning setting {k!r}")
-        if "time_budget" in nested:
-            nested["time_budget"] = parse_duration(nested["time_budget"])
-        unknown = set(nested) - train_fields
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        return cls(**flat, training=TrainConfig(**nested))
+        """From a plain mapping (a YAML recipe or kwargs); unknown keys and wrong types are errors naming them."""
+        return config_from_dict(cls, d)
 
 
 @dataclass
