@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order
-from bertkit.data.features import IGNORE, shuffled_batches
+from bertkit.data.features import IGNORE
 from bertkit.data.tasks import TaskData, check_known_labels
 from bertkit.data.tokenizer import TOKENIZER_FILES, WordPieceTokenizer
 from bertkit.encoder import pick_device
@@ -69,7 +68,7 @@ from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_
 from bertkit.model.weights import load_pretrained, save_weights
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
-from bertkit.train.finetune import FinetuneConfig, load_splits, prepare_output_dir
+from bertkit.train.finetune import FinetuneConfig, load_splits, prepare_output_dir, train_and_score
 from bertkit.train.pretrain import default_cache_dir
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
@@ -701,24 +700,11 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
     def evaluate(_m: nn.Module) -> dict[str, float]:
         return {**tm.evaluate(dev_feats, gold=dev), **distiller.pop_train_losses()}
 
-    trainer = Trainer(
-        distiller, tcfg,
-        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch),
-        loss_fn=lambda m, b: m(b), output_dir=out,
-        evaluate=evaluate if dev_feats is not None else None,
-        on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
-        fingerprint=fingerprint, callbacks=callbacks)
-    t0 = time.perf_counter()
-    state = trainer.fit(resume=resume)
-    if dev_feats is None:
-        tm.save_pretrained(out, tokenizer=False)  # no dev set to pick a best model: keep the last one
-    best = TaskModel.from_pretrained(out, device=device)
-    dev_metrics = best.evaluate(dev) if dev is not None and len(dev) else None
-    test_metrics = best.evaluate(test) if test is not None and len(test) else None
+    state, best, dev_metrics, test_metrics, summary = train_and_score(
+        tm, distiller, tcfg, train_feats, lambda m, b: m(b), out, fingerprint=fingerprint, callbacks=callbacks,
+        resume=resume, device=device, dev=dev, dev_feats=dev_feats, test=test, evaluate=evaluate)
     teachers_test = [t.evaluate(test) if test is not None and len(test) else None for t in teachers]
-    results = {"task": primary.task, "dataset": cfg.dataset or cfg.train_file, "stopped": state.stopped,
-               "steps": state.step, "best_step": state.best_step, "train_seconds": round(state.elapsed, 1),
-               "wall_seconds": round(time.perf_counter() - t0, 1), "train_tokens": state.tokens,
+    results = {"task": primary.task, "dataset": cfg.dataset or cfg.train_file, **summary,
                "student_parameters": _count(best.head), "student_layers": len(best.head.encoder.layers),
                "dev": dev_metrics, "test": test_metrics,
                "teachers": [{"model": d, "parameters": _count(t.head), "test": m}

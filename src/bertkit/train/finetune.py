@@ -19,13 +19,15 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from bertkit.data.features import shuffled_batches
+from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.encoder import pick_device
@@ -140,6 +142,43 @@ def apply_stability_options(encoder: BertModel, cfg: FinetuneConfig) -> None:
                  cfg.freeze_layers)
 
 
+def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_feats: Features,
+                    loss_fn: Callable[[nn.Module, Any], Tensor], out: Path, *, fingerprint: dict[str, Any],
+                    callbacks: Sequence[Callable[[Trainer], None]] = (), resume: bool = False,
+                    device: str | torch.device | None = None, dev: TaskData | None = None,
+                    dev_feats: Features | None = None, test: TaskData | None = None,
+                    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+                    ) -> tuple[TrainState, TaskModel, dict[str, float] | None, dict[str, float] | None, dict[str, Any]]:
+    """Train ``model`` (``tm``'s head, or a module that trains it) on the engine, keep the best dev checkpoint as a
+    task model in ``out`` (the last one without a dev set), load it back and score dev and test.
+
+    Returns (state, best model, dev metrics, test metrics, the run summary ``results.json`` starts with).
+    ``evaluate`` defaults to ``tm``'s metrics on ``dev_feats``. Fine-tuning and distillation both end here.
+    """
+    if evaluate is None:
+        def evaluate(_m: nn.Module) -> dict[str, float]:
+            return tm.evaluate(dev_feats, gold=dev)
+
+    trainer = Trainer(
+        model, tcfg,
+        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch),
+        loss_fn=loss_fn, output_dir=out,
+        evaluate=evaluate if dev_feats is not None else None,
+        on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
+        fingerprint=fingerprint, callbacks=callbacks)
+    t0 = time.perf_counter()
+    state = trainer.fit(resume=resume)
+    if dev_feats is None:
+        tm.save_pretrained(out, tokenizer=False)  # no dev set to pick a best model: keep the last one
+    best = TaskModel.from_pretrained(out, device=device)
+    dev_metrics = best.evaluate(dev) if dev is not None and len(dev) else None
+    test_metrics = best.evaluate(test) if test is not None and len(test) else None
+    summary = {"stopped": state.stopped, "steps": state.step, "best_step": state.best_step,
+               "train_seconds": round(state.elapsed, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+               "train_tokens": state.tokens}
+    return state, best, dev_metrics, test_metrics, summary
+
+
 def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None = None, *, resume: bool = False,
              overwrite: bool = False, callbacks: tuple = (), **settings: Any) -> FinetuneResult:
     """Fine-tune an encoder on a task; see ``FinetuneConfig`` and ``TrainConfig`` for ``settings``.
@@ -187,23 +226,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     log.info("fine-tuning %s on %s: %d train / %d dev examples, %d labels, max_length %d", model_dir.name,
              cfg.dataset or cfg.train_file, len(train), len(dev) if dev is not None else 0, len(labels),
              tm.max_length)
-    trainer = Trainer(
-        head, tcfg,
-        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch),
-        loss_fn=tm.loss, output_dir=out,
-        evaluate=(lambda _m: tm.evaluate(dev_feats, gold=dev)) if dev_feats is not None else None,
-        on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
-        fingerprint=fingerprint, callbacks=callbacks)
-    t0 = time.perf_counter()
-    state = trainer.fit(resume=resume)
-    if dev_feats is None:
-        tm.save_pretrained(out, tokenizer=False)  # no dev set to pick a best model: keep the last one
-    best = TaskModel.from_pretrained(out, device=device)
-    dev_metrics = best.evaluate(dev) if dev is not None and len(dev) else None
-    test_metrics = best.evaluate(test) if test is not None and len(test) else None
-    results = {"task": cfg.task, "dataset": cfg.dataset or cfg.train_file, "stopped": state.stopped,
-               "steps": state.step, "best_step": state.best_step, "train_seconds": round(state.elapsed, 1),
-               "wall_seconds": round(time.perf_counter() - t0, 1), "train_tokens": state.tokens,
+    state, best, dev_metrics, test_metrics, summary = train_and_score(
+        tm, head, tcfg, train_feats, tm.loss, out, fingerprint=fingerprint, callbacks=callbacks, resume=resume,
+        device=device, dev=dev, dev_feats=dev_feats, test=test)
+    results = {"task": cfg.task, "dataset": cfg.dataset or cfg.train_file, **summary,
                "train_tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
                "dev": dev_metrics, "test": test_metrics}
     atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
