@@ -68,7 +68,14 @@ from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_
 from bertkit.model.weights import load_pretrained, save_weights
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
-from bertkit.train.finetune import FinetuneConfig, load_splits, prepare_output_dir, train_and_score
+from bertkit.train.finetune import (
+    DataConfig,
+    FinetuneConfig,
+    data_fields,
+    load_splits,
+    prepare_output_dir,
+    train_and_score,
+)
 from bertkit.train.pretrain import default_cache_dir
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
@@ -521,23 +528,13 @@ def _check_losses(cfg: Any) -> None:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(DataConfig):  # data: as for fine-tuning (the task is the teachers')
     teachers: list[str] = field(default_factory=list)  # fine-tuned task model directories, same labels
     teacher_weights: list[float] | None = None  # soft-label weight of each teacher (normalized); None: equal
     # the student, exactly one of:
     student_layers: list[int] | None = None  # keep these layers (0-based) of the first teacher
     student_config: dict[str, Any] = field(default_factory=dict)  # the first teacher's config with these changes
     student_model: str | None = None  # an encoder (name or directory), e.g. a distill_general output
-    # data, as for fine-tuning (the task is the teachers')
-    dataset: str | None = None
-    train_file: str | None = None
-    eval_file: str | None = None
-    test_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    label_separator: str = "|"
-    max_length: int = 128
     # losses
     temperature: float = 2.0
     alpha_kl: float = 0.5
@@ -660,10 +657,7 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
     orders = check_teachers(teachers, cfg.teachers)
     primary = teachers[0]
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[primary.task][0])
-    fcfg = FinetuneConfig(task=primary.task, dataset=cfg.dataset, train_file=cfg.train_file,
-                          eval_file=cfg.eval_file, test_file=cfg.test_file, text_column=cfg.text_column,
-                          text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
-                          label_separator=cfg.label_separator, max_length=cfg.max_length, training=tcfg)
+    fcfg = FinetuneConfig(task=primary.task, **data_fields(cfg), max_length=cfg.max_length, training=tcfg)
     splits = load_splits(fcfg)
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
     if len(train) == 0:

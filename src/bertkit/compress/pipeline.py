@@ -69,7 +69,7 @@ from bertkit.encoder import pick_device
 from bertkit.errors import BertkitError, CheckpointError, ConfigError
 from bertkit.task_model import MAIN_METRIC, TaskModel
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig
-from bertkit.train.finetune import FinetuneConfig, load_splits
+from bertkit.train.finetune import DATA_FIELDS, DataConfig, FinetuneConfig, load_splits
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 from bertkit.utils.recipes import RECIPE_DIRS, apply_overrides, find_recipe, from_dict
 from bertkit.utils.recipes import load_recipe as read_recipe_file
@@ -79,8 +79,6 @@ log = logging.getLogger("bertkit")
 STEP_KINDS = ("distill", "prune", "structured", "drop_layers", "lowrank", "quantize")
 QUANTIZE_MODES = ("dynamic", "static", "weight_only")
 SPLITS = ("train", "dev", "test")
-DATA_FIELDS = ("dataset", "train_file", "eval_file", "test_file", "text_column", "text_pair_column", "label_column",
-               "label_separator")
 # Set once for the whole pipeline: the split must be the teacher's, and every step runs where it is measured.
 RECIPE_ONLY = ("teachers", "teacher_weights", *DATA_FIELDS, "max_length", "device")
 REPORT_JSON, REPORT_MD, PARETO_PNG = "report.json", "report.md", "pareto.png"
@@ -99,16 +97,7 @@ class CompressionError(BertkitError):
 
 # ---- the recipe ---------------------------------------------------------------------------------------------
 @dataclass
-class CompressRecipe:
-    # data, as for fine-tuning; none given: the model's own (its finetune_config.json)
-    dataset: str | None = None
-    train_file: str | None = None
-    eval_file: str | None = None
-    test_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    label_separator: str = "|"
+class CompressRecipe(DataConfig):  # data: as for fine-tuning; none given, the model's own (finetune_config.json)
     max_length: int | None = None  # None: the model's own
     seed: int = 42  # training steps (the split seed is the model's, see the module docstring)
     eval_split: str = "dev"  # what each step is evaluated on; the report also gives test for every step

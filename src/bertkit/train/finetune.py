@@ -51,9 +51,10 @@ _OUR_FILES = ("config.json", "model.safetensors", "bertkit_task.json", METRICS_F
 
 
 @dataclass
-class FinetuneConfig:
-    task: str = "classification"
-    model: str = DEFAULT_MODEL  # built-in name or local HF directory
+class DataConfig:
+    """Where a trainer's task data comes from (fine-tuning, distillation, compression recipes): a built-in
+    dataset, or files and their columns; ``load_splits`` reads them."""
+
     dataset: str | None = None  # built-in dataset name, or:
     train_file: str | None = None
     eval_file: str | None = None
@@ -63,6 +64,20 @@ class FinetuneConfig:
     label_column: str | None = None
     label_separator: str = "|"
     max_length: int = 128
+
+
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "max_length")
+
+
+def data_fields(cfg: DataConfig) -> dict[str, Any]:
+    """The data source of ``cfg`` (every DataConfig field but max_length), to hand to another config."""
+    return {k: getattr(cfg, k) for k in DATA_FIELDS}
+
+
+@dataclass
+class FinetuneConfig(DataConfig):
+    task: str = "classification"
+    model: str = DEFAULT_MODEL  # built-in name or local HF directory
     reinit_layers: int = 0  # re-initialise the top k encoder layers (and the pooler)
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # freeze the bottom k encoder layers
