@@ -204,15 +204,22 @@ def _tail(log: IO[bytes], n: int = 3000) -> str:
 
 
 @contextlib.contextmanager
-def server(serve_args: list[str]) -> Iterator[str]:
+def server(serve_args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
     """``bertkit serve *serve_args`` on a free loopback port; yields its URL once /healthz answers, and stops it
     (SIGTERM, then kill) however the block ends."""
+    with server_process(serve_args, env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(serve_args: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``server`` that also yields the process (its pid, for memory readings); ``env`` adds to the environment."""
     port = free_port()
     cmd = [sys.executable, "-m", "bertkit.cli.main", "serve", *serve_args, "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty server never blocks on a full pipe
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while True:
@@ -226,7 +233,7 @@ def server(serve_args: list[str]) -> Iterator[str]:
                     raise RuntimeError(f"server did not answer /healthz within {STARTUP_TIMEOUT_S} s: "
                                        f"{' '.join(cmd)}\n{_tail(log)}")
                 time.sleep(0.2)
-            yield url
+            yield url, proc
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

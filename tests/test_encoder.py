@@ -83,7 +83,7 @@ def test_bad_arguments(minilm):
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         minilm.embed(["ok", None])
     with pytest.raises(ValueError, match="pooling"):
-        minilm.embed(["x"], pooling="max")
+        minilm.embed(["x"], pooling="maximum")
     with pytest.raises(ValueError, match="batch_size"):
         minilm.embed(["x"], batch_size=0)
 

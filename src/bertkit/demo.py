@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bertkit.encoder import Encoder, load
+from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError
+from bertkit.loader import load
 from bertkit.retrieval.index import VectorIndex
 
 DEFAULT_QUERIES = (

@@ -17,16 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from bertkit.data.tokenizer import Batch, WordPieceTokenizer
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.data.tokenizer import Batch, Tokenizer
+from bertkit.errors import CheckpointError
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
-from bertkit.model.weights import find_weights_file, load_pretrained, save_weights
+from bertkit.model.directory import ModelDir, inspect_model_dir, load_encoder
+from bertkit.model.families import describe_architecture, read_config
+from bertkit.model.pooling import POOLING_MODES, pool  # noqa: F401  (pool: re-exported, benchmarks import it here)
+from bertkit.model.sentence import SentenceConfig
+from bertkit.model.weights import find_weights_file, save_weights
 from bertkit.utils.runtime import tune_allocator
 
 if TYPE_CHECKING:
@@ -34,19 +38,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bertkit")
 
-POOLINGS = ("mean", "cls")
+POOLINGS = POOLING_MODES
 PROGRESS_MIN_TEXTS = 1000  # show a progress bar from this many texts on (unless told otherwise)
 
 
-def default_max_length(directory: Path, max_positions: int) -> int:
-    """sentence-transformers' max_seq_length if the model has one, else the tokenizer's limit."""
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        f = directory / name
+def default_max_length(directory: Path, max_positions: int, tokenizer_dir: Path | None = None) -> int:
+    """sentence-transformers' max_seq_length if the model has one, else the tokenizer's limit, never beyond the
+    model's own (``max_positions``: ``EncoderConfig.max_tokens``, e.g. 512 for RoBERTa's 514 positions)."""
+    for f, key in ((directory / "sentence_bert_config.json", "max_seq_length"),
+                   ((tokenizer_dir or directory) / "tokenizer_config.json", "model_max_length")):
         if f.is_file():
             value = json.loads(f.read_text(encoding="utf-8")).get(key)
             if isinstance(value, int) and 0 < value < 1_000_000:
                 return min(value, max_positions)
     return max_positions
+
+
+def check_vocabulary(tokenizer: Tokenizer, model: BertModel, directory: Path) -> None:
+    """A tokenizer that emits ids past the embedding table would index out of it: refuse, naming both sizes."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size (the "
+            f"embedding table) is {model.config.vocab_size}"
+        )
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -56,7 +70,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 
 class Encoder:
-    def __init__(self, model: BertModel, tokenizer: WordPieceTokenizer, max_length: int,
+    def __init__(self, model: BertModel, tokenizer: Tokenizer, max_length: int,
                  name: str = "", source_dir: Path | None = None, engine: Engine | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -66,6 +80,9 @@ class Encoder:
         self.head_state: dict[str, Tensor] = {}
         self.engine = engine or Engine()
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
+        self.model_dir: ModelDir | None = None  # what the directory held (set by from_pretrained)
+        # pooling, Dense, Normalize and prompts (a directory's sentence-transformers files, else the defaults)
+        self.sentence = SentenceConfig.defaults(model.config.hidden_size)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
@@ -76,32 +93,39 @@ class Encoder:
         engine: how inference runs (precision, int8, backend, batch token budget, threads); ``dtype``,
         ``int8`` and ``backend`` are shortcuts that override its fields.
         """
-        directory = resolve_model_dir(name_or_path)
+        info = inspect_model_dir(name_or_path)
         options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
+        if info.format == "onnx" and options.backend != "onnx":  # no torch weights: onnxruntime runs it
+            options = dataclasses.replace(options, backend="onnx")
         if pick_device(device).type == "cpu":
             tune_allocator()
-        model, heads = load_pretrained(directory, path=path)
-        tokenizer = WordPieceTokenizer.from_dir(directory)
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(
-                f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but config vocab_size is "
-                f"{model.config.vocab_size}"
-            )
         name = str(name_or_path or DEFAULT_MODEL)
+        tokenizer = Tokenizer.from_dir(info.weights_dir)
         eng = Engine(options)
-        model = eng.prepare(model, tokenizer, pick_device(device), name)
-        enc = cls(model, tokenizer, default_max_length(directory, model.config.max_position_embeddings),
-                  name=name, source_dir=directory, engine=eng)
+        if info.format == "onnx":  # the config's shapes on the meta device: nothing allocated, nothing run
+            with torch.device("meta"):
+                model, heads = BertModel(read_config(info.weights_dir / "config.json"), add_pooler=False), {}
+        else:
+            model, heads, _ = load_encoder(info, path=path, who="Encoder.from_pretrained (bertkit.load runs it)")
+        check_vocabulary(tokenizer, model, info.weights_dir)
+        if info.format != "onnx":
+            model = eng.prepare(model, tokenizer, pick_device(device), name)
+        # sentence_bert_config.json sits with the Transformer module (the root, or 0_Transformer/ in older models)
+        enc = cls(model, tokenizer, default_max_length(info.weights_dir, model.config.max_tokens),
+                  name=name, source_dir=info.path, engine=eng)
         enc.head_state = heads
+        enc.model_dir = info
+        enc.sentence = SentenceConfig.read(info.path, model.config.hidden_size)
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
 
-            enc.onnx = OnnxModel(directory, int8=options.int8, threads=options.threads)
+            enc.onnx = OnnxModel.from_options(info.path, options)
         return enc
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device = next(self.model.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device  # an ONNX-only directory
 
     @property
     def hidden_size(self) -> int:
@@ -124,40 +148,48 @@ class Encoder:
         """Token states (total_tokens, hidden) on the model's execution path (or onnxruntime)."""
         if self.onnx is None and self.model.path == "unpadded":
             return self.model.forward_packed(ids, packing, types)
+        if self.onnx is not None:  # padded grid and gather in numpy (inference/onnx.py)
+            out = self.onnx.run_packed(ids.cpu().numpy(), types.cpu().numpy(), packing.lengths, self.tokenizer.pad_id)
+            return torch.from_numpy(out["last_hidden_state"]).to(ids.device)
         # Padded paths: scatter into (batch, max_len), run, gather real tokens back.
         grid, mask, grid_types, (seg, pos) = to_grid(ids, types, packing, self.tokenizer.pad_id)
-        if self.onnx is not None:
-            out = self.onnx.run(grid.cpu().numpy(), mask.long().cpu().numpy(), grid_types.cpu().numpy())
-            return torch.from_numpy(out["last_hidden_state"]).to(ids.device)[seg, pos]
         return self.model(grid, mask, grid_types).last_hidden_state[seg, pos]
 
     # ---- public API -----------------------------------------------------------------------
-    def embed(self, texts: Sequence[str], batch_size: int | None = None, pooling: str = "mean",
-              normalize: bool = True, progress: bool | None = None) -> np.ndarray:
-        """Sentence embeddings, float32 ``(len(texts), hidden)``, rows in input order.
+    def embed(self, texts: Sequence[str], batch_size: int | None = None, pooling: str | Sequence[str] | None = None,
+              normalize: bool | None = None, progress: bool | None = None, *, prompt_name: str | None = None,
+              prompt: str | None = None) -> np.ndarray:
+        """Sentence embeddings, float32 ``(len(texts), dim)``, rows in input order.
+
+        Each argument left None means the model's own setting (its sentence-transformers files; for a plain
+        HF directory: mean pooling, normalized, no prompt); a given one overrides it.
 
         batch_size: at most this many texts per batch (default: the engine's token budget alone decides).
-        pooling: "mean" (average of token states, sentence-transformers' default) or "cls".
+        pooling: one of bertkit.model.pooling.POOLING_MODES ("mean", "cls", "max", ...), or several,
+            concatenated. The model's Dense modules, if any, still follow it.
         normalize: L2-normalize each row (cosine similarity becomes a dot product).
+        prompt_name: one of the model's prompts (``self.sentence.prompts``), prepended to every text.
+        prompt: a literal prompt, e.g. "query: ". Neither: the model's default prompt, if it has one.
         """
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of texts; wrap a single text in a list")
-        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        settings = self.sentence
+        out = np.zeros((len(texts), settings.dim(pooling)), dtype=np.float32)  # checks pooling first
+        prompt = settings.resolve_prompt(prompt_name, prompt)
         if len(texts) == 0:
             return out
-        batch = self.tokenize(texts)
+        prompt_length = 0
+        if prompt and not settings.pooling.include_prompt:  # measured as sentence-transformers does: alone
+            prompt_ids = self.tokenize(settings.prepare([prompt])).ids[0]
+            prompt_length = settings.prompt_length(prompt_ids, self.tokenizer.special_ids)
+        batch = self.tokenize(settings.prepare(texts, prompt))
         show = progress if progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
         self.model.eval()
         with self.engine.running(self.device), tqdm(total=len(texts), disable=not show, unit="text",
                                                     desc="embed", mininterval=1.0) as bar:
             for idx, ids, types, packing in self._batches(batch, batch_size):
                 h = self._hidden(ids, types, packing).float()  # (total_tokens, hidden)
-                pooled = pool(h, packing, pooling)
-                if normalize:
-                    pooled = F.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.cpu().numpy()
+                out[idx] = settings.embed(h, packing, prompt_length, pooling, normalize).float().cpu().numpy()
                 bar.update(len(idx))
         return out
 
@@ -180,15 +212,14 @@ class Encoder:
         return result
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write config.json, model.safetensors and tokenizer files (HF BertModel layout)."""
+        """Write config.json, model.safetensors and tokenizer files (HF BertModel layout), and the model's
+        sentence-transformers files (modules.json, pooling, Dense, Normalize, prompts) when it has them."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.model.config.save(d)
         save_weights(self.model, d)
         self.tokenizer.save(d)
-        if self.source_dir is not None and (self.source_dir / "sentence_bert_config.json").is_file():
-            (d / "sentence_bert_config.json").write_text(
-                json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+        self.sentence.save(d, self.max_length)
         return d
 
     def info(self) -> dict[str, Any]:
@@ -197,7 +228,9 @@ class Encoder:
         info: dict[str, Any] = {
             "name": self.name,
             "directory": str(self.source_dir) if self.source_dir else None,
-            "architecture": "BertModel (post-norm, absolute positions)",
+            "family": cfg.model_type,
+            "format": self.model_dir.describe() if self.model_dir is not None else "in memory",
+            "architecture": describe_architecture(cfg),
             "layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size,
             "attention_heads": cfg.num_attention_heads,
@@ -215,20 +248,11 @@ class Encoder:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
-        if self.source_dir is not None:
-            weights = find_weights_file(self.source_dir)
+        if self.model_dir is not None and self.model_dir.has_torch_weights:
+            weights = find_weights_file(self.model_dir.weights_dir)
             info["weights_file"] = weights.name
             info["size_on_disk_mb"] = round(weights.stat().st_size / 2**20, 2)
         return info
-
-
-def pool(h: Tensor, packing: Packing, pooling: str) -> Tensor:
-    """Pool packed token states (total_tokens, hidden) into (batch, hidden)."""
-    if pooling == "cls":
-        return h[packing.cu_seqlens[:-1]]
-    sums = h.new_zeros(packing.batch_size, h.shape[1]).index_add_(0, packing.segment_ids(), h)
-    lengths = torch.tensor(packing.lengths, dtype=h.dtype, device=h.device)
-    return sums / lengths[:, None]
 
 
 def to_grid(ids: Tensor, types: Tensor, packing: Packing, pad_id: int

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import default_max_length, engine_options, pick_device
 from bertkit.errors import BertkitError, CheckpointError
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing
+from bertkit.model.directory import load_encoder
 from bertkit.model.mlm import MaskedLM, has_mlm_head
-from bertkit.model.weights import load_pretrained
 from bertkit.train import metrics as M
 from bertkit.train.optim import build_optimizer
 from bertkit.utils.runtime import tune_allocator
@@ -43,7 +43,7 @@ TEXT_SLOT = "{text}"
 
 
 class FillMask:
-    def __init__(self, model: MaskedLM, tokenizer: WordPieceTokenizer, max_length: int = 512,
+    def __init__(self, model: MaskedLM, tokenizer: Tokenizer, max_length: int = 512,
                  head_trained: bool = True, name: str = "", engine: Engine | None = None) -> None:
         """head_trained: whether the MLM head came from the checkpoint (False: freshly initialised)."""
         if tokenizer.vocab_size > model.config.vocab_size:
@@ -63,21 +63,22 @@ class FillMask:
         """A built-in name or an HF BERT directory, with (BertForMaskedLM) or without an MLM head.
 
         engine: how inference runs (see ``Encoder.from_pretrained``); the torch backend only."""
-        directory = resolve_model_dir(name_or_dir)
         options = engine_options(engine, dtype=dtype, int8=int8)
         if options.backend != "torch":
             raise BertkitError("fill-mask runs on the torch backend only (the ONNX graph has no MLM head)")
         if pick_device(device).type == "cpu":
             tune_allocator()
-        encoder, heads = load_pretrained(directory)
-        model = MaskedLM.from_encoder(encoder, heads, str(directory))
-        head_trained = has_mlm_head(heads)
+        encoder, heads, info = load_encoder(name_or_dir, who="fill-mask")
+        model = MaskedLM.from_encoder(encoder, heads, str(info.path))
+        head_trained = has_mlm_head(heads, model.spec)
         name = str(name_or_dir or DEFAULT_MODEL)
         if not head_trained:
+            arch = info.family.architecture(info.model_type, "mlm")
             log.warning("%s has no trained MLM head: a random one was created, so masked-token predictions and "
-                        "zero-shot prompts are meaningless; use a checkpoint saved as BertForMaskedLM", name)
-        max_length = default_max_length(directory, model.config.max_position_embeddings)
-        tokenizer = WordPieceTokenizer.from_dir(directory)
+                        "zero-shot prompts are meaningless; use a checkpoint saved as %s", name, arch)
+        max_length = default_max_length(info.path, model.config.max_tokens, info.weights_dir)
+        tokenizer = Tokenizer.from_dir(info.weights_dir)
+        tokenizer.require_mask_id("fill-mask")
         eng = Engine(options)
         model.to(pick_device(device))
         eng.prepare(model.encoder, tokenizer, pick_device(device), name)
@@ -104,15 +105,26 @@ class FillMask:
         positions = (ids == self.tokenizer.mask_id).nonzero().squeeze(1)
         return self.model(ids, packing, positions)
 
+    @property
+    def mask_token(self) -> str:
+        """The model's own mask token ("[MASK]", "<mask>" ...); texts may write either it or "[MASK]"."""
+        return self.tokenizer.special_tokens.get("mask") or MASK
+
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Ids of each text with [CLS]/[SEP]; every text must keep at least one [MASK] within max_length."""
+        """Ids of each text with its special tokens; every text must keep at least one mask within max_length.
+
+        "[MASK]" in a text stands for the model's own mask token (RoBERTa's "<mask>" ...), as users of BERT
+        write it."""
+        own = self.mask_token
+        if own != MASK:
+            texts = [t.replace(MASK, own) for t in texts]
         batch = self.tokenizer.encode(list(texts), max_length=self.max_length)
         for i, (text, seq) in enumerate(zip(texts, batch.ids, strict=True)):
             n = seq.count(self.tokenizer.mask_id)
             if n == 0:
                 raise BertkitError(f"text {i} has no {MASK} token: {text[:80]!r}")
-            if n < text.count(MASK):
-                raise BertkitError(f"text {i}: {text.count(MASK) - n} of its {MASK} tokens lie beyond "
+            if n < text.count(own):
+                raise BertkitError(f"text {i}: {text.count(own) - n} of its {MASK} tokens lie beyond "
                                    f"max_length={self.max_length} tokens")
         if batch.n_truncated:
             log.warning("%d of %d texts were longer than max_length=%d tokens and were truncated",
@@ -155,7 +167,7 @@ class FillMask:
         filled = ids[1:-1]  # without [CLS]/[SEP]; other [MASK]s stay visible, so specials are not skipped
         filled[pos - 1] = token_id
         return {"token": self.tokenizer.convert_ids_to_tokens([token_id])[0], "token_id": token_id,
-                "score": score, "sequence": self.tokenizer._tok.decode(filled, skip_special_tokens=False)}
+                "score": score, "sequence": self.tokenizer.decode(filled, skip_special_tokens=False)}
 
 
 class PromptClassifier:
@@ -176,14 +188,16 @@ class PromptClassifier:
         self.fill_mask = fill_mask
         self.template = template
         self.labels = [str(label) for label in verbalizers]
-        head, tail = template.split(TEXT_SLOT)
+        head, tail = template.replace(MASK, fill_mask.mask_token).split(TEXT_SLOT)
         # Template pieces are tokenized apart from the text, so truncating the text never cuts them.
         self._head, self._tail = tok.encode_plain([head, tail])
         if (self._head + self._tail).count(tok.mask_id) != 1:
             raise BertkitError(f"template {template!r}: the tokenizer does not read {MASK} as its mask token")
-        budget = fill_mask.max_length - 2 - len(self._head) - len(self._tail)
+        n_special = tok.num_special_tokens(pair=False)
+        budget = fill_mask.max_length - n_special - len(self._head) - len(self._tail)
         if budget < 1:
-            raise BertkitError(f"template {template!r} takes {len(self._head) + len(self._tail) + 2} tokens, "
+            taken = len(self._head) + len(self._tail) + n_special
+            raise BertkitError(f"template {template!r} takes {taken} tokens, "
                                f"leaving no room for the text within max_length={fill_mask.max_length}")
         self._budget = budget
         self.token_ids: dict[str, list[int]] = {}  # label -> verbalizer token ids
@@ -224,7 +238,7 @@ class PromptClassifier:
             if tok.mask_id in body:
                 raise BertkitError(f"text {i} contains {MASK}; only the template may: {texts[i][:80]!r}")
             n_cut += len(body) > self._budget
-            out.append([tok.cls_id, *self._head, *body[:self._budget], *self._tail, tok.sep_id])
+            out.append(tok.build_inputs([*self._head, *body[:self._budget], *self._tail])[0])
         if n_cut:
             log.warning("%d of %d texts were cut to %d tokens to fit the template into max_length=%d",
                         n_cut, len(out), self._budget, self.fill_mask.max_length)

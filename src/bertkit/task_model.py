@@ -1,10 +1,11 @@
 """``TaskModel``: an encoder with a task head and its tokenizer; ``predict``, ``evaluate``, ``save_pretrained``.
 
-A saved task model is a Hugging Face directory (``config.json`` with ``id2label``/``label2id``/
-``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, tokenizer files) that
-``BertForSequenceClassification`` / ``BertForTokenClassification`` load with the same predictions,
-plus ``bertkit_task.json`` (task name, max_length). ``load_task_model`` also reads directories
-written by transformers itself; the task is then inferred from the config.
+A saved task model is a Hugging Face directory in its family's layout (``config.json`` with ``id2label``/
+``label2id``/``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, ``roberta.*`` +
+``classifier.dense/out_proj``, ``model.*`` + ``head.*`` ..., tokenizer files) that the family's
+``XxxForSequenceClassification`` / ``XxxForTokenClassification`` load with the same predictions, plus
+``bertkit_task.json`` (task name, max_length). ``load_task_model`` also reads directories written by transformers
+itself, of any family; the task is then inferred from the config.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from torch import Tensor
 
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tasks import TaskData, check_task
-from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.encoder import engine_options, pick_device, to_grid
+from bertkit.data.tokenizer import Tokenizer
+from bertkit.encoder import check_vocabulary, engine_options, pick_device, to_grid
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.bert import BertModel
+from bertkit.model.directory import TASK_FILE, ModelDir, inspect_model_dir, load_encoder
 from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
-from bertkit.model.weights import load_pretrained
 from bertkit.train import metrics as M
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bertkit")
 
-TASK_FILE = "bertkit_task.json"
 PROBLEM_TYPE = {"classification": "single_label_classification", "pair-classification": "single_label_classification",
                 "multilabel": "multi_label_classification", "regression": "regression",
                 "ner": "single_label_classification"}
@@ -56,7 +56,7 @@ def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassi
 
 
 class TaskModel:
-    def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: WordPieceTokenizer, task: str,
+    def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: Tokenizer, task: str,
                  labels: Sequence[str], max_length: int, directory: Path | None = None,
                  engine: Engine | None = None) -> None:
         self.head = head
@@ -75,31 +75,31 @@ class TaskModel:
                         path: str = "unpadded", engine: EngineOptions | None = None, dtype: str | None = None,
                         int8: bool | None = None, backend: str | None = None) -> TaskModel:
         """engine: how inference runs (see ``Encoder.from_pretrained``); dtype/int8/backend override it."""
-        d = Path(directory)
         options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
-        if not d.is_dir():
-            raise CheckpointError(f"{d}: not a directory")
+        info = directory if isinstance(directory, ModelDir) else inspect_model_dir(directory)
+        d = info.path
         if pick_device(device).type == "cpu":
             tune_allocator()
-        encoder, heads = load_pretrained(d, path=path)
+        encoder, heads, _ = load_encoder(info, path=path, who="TaskModel.from_pretrained (bertkit.load_task_model "
+                                                               "runs it)")
         extra = encoder.config.extra
         meta = json.loads((d / TASK_FILE).read_text(encoding="utf-8")) if (d / TASK_FILE).is_file() else {}
-        task = meta.get("task") or _infer_task(d, extra)
-        id2label = extra.get("id2label") or {}
-        labels = [str(id2label[k]) for k in sorted(id2label, key=int)] if task != "regression" else []
+        task = meta.get("task") or infer_task(info)
+        labels = label_names(extra, task)
         strip_task_keys(encoder.config)
         head = build_head(encoder, task, max(len(labels), 1))
         head.load_head_state(heads, source=str(d))
         head.to(pick_device(device)).eval()
-        tokenizer = WordPieceTokenizer.from_dir(d)
+        tokenizer = Tokenizer.from_dir(info.weights_dir)
+        check_vocabulary(tokenizer, encoder, info.weights_dir)
         eng = Engine(options)
         eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
-        max_length = int(meta.get("max_length") or min(512, encoder.config.max_position_embeddings))
+        max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
         model = cls(head, tokenizer, task, labels, max_length, d, eng)
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
 
-            model.onnx = OnnxModel(d, int8=options.int8, threads=options.threads)
+            model.onnx = OnnxModel.from_options(d, options)
             if "logits" not in model.onnx.output_names:
                 raise CheckpointError(f"{d}: its ONNX graph has no 'logits' output; re-export the task model "
                                       f"with `bertkit export onnx {d} --output DIR`")
@@ -263,19 +263,35 @@ class TaskModel:
         return result
 
 
-def _infer_task(d: Path, extra: dict[str, Any]) -> str:
-    arch = (extra.get("architectures") or [""])[0]
-    problem = extra.get("problem_type") or "single_label_classification"
-    if arch == "BertForTokenClassification":
+def label_names(config: dict[str, Any], task: str) -> list[str]:
+    """A task config's labels in id order: its ``id2label``, else transformers' defaults (``num_labels``, 2 when
+    unsaid: transformers 5 writes neither for a default two-label head) as LABEL_0, LABEL_1, ...; [] for regression."""
+    if task == "regression":
+        return []
+    id2label = config.get("id2label") or {}
+    if id2label:
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    n = config.get("num_labels", 2)
+    return [f"LABEL_{i}" for i in range(n if isinstance(n, int) and n > 0 else 2)]
+
+
+def infer_task(info: ModelDir) -> str:
+    """The bertkit task of a transformers task directory of any family, from its architecture and problem_type."""
+    problem = info.config.get("problem_type") or "single_label_classification"
+    if info.role == "token":
         return "ner"
-    if arch == "BertForSequenceClassification":
-        return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem,
-                                                                                            "classification")
-    raise CheckpointError(f"{d}: not a task model (config.json architectures={extra.get('architectures')}, "
-                          f"no {TASK_FILE}); fine-tune one with `bertkit finetune`")
+    if info.role == "sequence":
+        return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "classification")
+    raise CheckpointError(f"{info.path}: not a task model ({info.describe()}; config.json architectures="
+                          f"{info.config.get('architectures')}, no {TASK_FILE}); fine-tune one with `bertkit finetune`")
+
+
+def _infer_task(d: Path, extra: dict[str, Any]) -> str:
+    """Deprecated: ``infer_task(inspect_model_dir(d))``."""
+    return infer_task(inspect_model_dir(d))
 
 
 def load_task_model(directory: str | os.PathLike[str], device: str | torch.device | None = None,
                     engine: EngineOptions | None = None) -> TaskModel:
-    """Load a fine-tuned model directory (ours or a transformers BertFor{Sequence,Token}Classification)."""
+    """Deprecated here: ``bertkit.load_task_model`` (``bertkit.loader``) also reads compressed checkpoints."""
     return TaskModel.from_pretrained(directory, device=device, engine=engine)

@@ -154,7 +154,7 @@ def test_attention_from_packed_qkv_is_the_models_attention(positions):
     ctx = torch.cat([(p @ v[a:b].view(b - a, 4, 4).transpose(0, 1)).transpose(0, 1).reshape(b - a, 16)
                      for p, a, b in zip(per_seq, packing.cu_seqlens[:-1].tolist(), packing.cu_seqlens[1:].tolist(),
                                         strict=True)])
-    assert torch.allclose(ctx, unpadded_attention(qkv, packing, 4, rope=pos[0], alibi=pos[1]), atol=1e-6)
+    assert torch.allclose(ctx, unpadded_attention(qkv, packing, 4, rope=pos[0], bias=pos[1]), atol=1e-6)
     if positions == "absolute":  # and the naive per-sequence, per-head formula
         for p, a, b in zip(per_seq, packing.cu_seqlens[:-1].tolist(), packing.cu_seqlens[1:].tolist(), strict=True):
             for h in range(4):

@@ -28,7 +28,7 @@ from bertkit.data.features import make_batch
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.errors import CheckpointError, ConfigError
-from bertkit.model.attention import PATHS
+from bertkit.model.attention import PATHS, padded_attend
 from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
 from bertkit.model.weights import load_pretrained, save_weights
@@ -302,8 +302,9 @@ def test_drop_layers():
     ids, mask, tt = padded_batch()
     with torch.inference_mode():  # layers 1 and 3 by hand
         h = model.embeddings(ids, torch.arange(ids.shape[1]).expand_as(ids), tt)
+        tables = model.position_tables(ids.shape[1], ids.device)
         for i in (1, 3):
-            h = model.layers[i](h, "reference", mask.bool(), None)
+            h = model.layers[i](h, padded_attend(mask.bool(), "reference"), tables, exact=True)
     drop_layers(model, [1, 3])
     assert model.config.num_hidden_layers == 2 and len(model.layers) == 2
     assert model.config.pruned_heads == {0: [0], 1: [2, 3]} and model.config.intermediate_sizes == [64, 64]

@@ -86,3 +86,37 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         write_embeddings(out, np.ones((5, 2), np.float32))
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["e.npy"]
+
+
+# ---- broken CSV quoting (issue 15, finding 5) ---------------------------------------------------------------------
+@pytest.mark.parametrize(("content", "line"), [
+    ('text\nfirst\n"second, with a quote left open\nthird\nfourth\n', 3),  # runs to the end of the file
+    ('id,text\n1,"a broken\n2,ok\n3,"fine"\n', 2),  # closed later, with text after the closing quote
+    ('id,text\n1,"quoted" then more\n', 2),
+])
+def test_broken_quoting_fails_with_file_and_line(tmp_path, content, line):
+    f = tmp_path / "broken.csv"
+    f.write_text(content)
+    with pytest.raises(InputFileError, match=rf"broken\.csv, line {line}: malformed CSV .*a quote opened"):
+        read_texts(f, None if content.startswith("text") else "text")
+
+
+def test_broken_quoting_in_a_task_file_and_the_embed_cli(tmp_path, tiny_dir, capsys):
+    from bertkit.cli.main import main
+    from bertkit.data.tasks import read_task_file
+
+    f = tmp_path / "train.csv"
+    f.write_text('text,label\ngood movie,pos\n"bad movie,neg\nfine film,pos\n')
+    with pytest.raises(InputFileError, match=r"train\.csv, line 3: malformed CSV"):
+        read_task_file(f, "classification")
+    # before: one vector for three lines, exit 0; now exit 2 naming file and line, and nothing written
+    assert main(["embed", str(tiny_dir), "-i", str(f), "-o", str(tmp_path / "v.npy")]) == 2
+    assert "train.csv, line 3: malformed CSV" in capsys.readouterr().err and not (tmp_path / "v.npy").exists()
+
+
+def test_multiline_cells_are_read_with_a_warning_naming_their_lines(tmp_path, caplog):
+    f = tmp_path / "multi.csv"
+    f.write_text('id,text\n1,"two\nlines"\n2,one line\n3,"three\nmore\nlines"\n')
+    assert read_texts(f) == ["two\nlines", "one line", "three\nmore\nlines"]
+    assert "multi.csv: 2 row(s) span several lines" in caplog.text and "line(s) 2, 5" in caplog.text
+    assert "3 rows come from 6 lines" in caplog.text

@@ -81,7 +81,7 @@ def test_non_string_rejected(minilm_dir):
 
 
 def test_missing_tokenizer(tmp_path):
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json or vocab\.txt"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer found; looked for tokenizer\.json, vocab\.json"):
         WordPieceTokenizer.from_dir(tmp_path)
 
 

@@ -76,16 +76,12 @@ def test_bf16_and_int8_stay_close_to_fp32(minilm):
     assert (int8.embed(texts) * ref).sum(1).min() > 0.99
 
 
-def test_int8_linear_matches_float_and_smoothing_handles_outliers():
+def test_int8_tiny_batches_take_the_padded_int_mm():
+    """Each kernel against float, and the kernel choice, are tested in test_cpu.py."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     x = torch.randn(50, 64)
-    x[:, 5] *= 60.0  # an outlier channel, as in BERT's LayerNorm outputs
-    plain, smoothed = Int8Linear(lin), Int8Linear(lin, smooth=(x.abs().amax(0) / lin.weight.abs().amax(0)) ** 0.5)
-    ref = lin(x)
-    err_plain = ((plain(x) - ref).norm() / ref.norm()).item()
-    err_smooth = ((smoothed(x) - ref).norm() / ref.norm()).item()
-    assert err_smooth < err_plain < 0.05
+    plain = Int8Linear(lin, kernel="int_mm")
     assert plain(x[:3]).shape == (3, 32)  # tiny batches take the padded int8 GEMM
     torch.testing.assert_close(plain(x[:3]), plain(x)[:3], atol=1e-5, rtol=0)
 

@@ -195,3 +195,66 @@ def test_minilm_export(tmp_path, minilm, one_thread):
     e = (h * mask).sum(1) / mask.sum(1)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     np.testing.assert_allclose(e, minilm.embed(texts), atol=1e-5)
+
+
+def test_backend_equals_onnxruntime_direct(exported, tiny_dir):
+    """bertkit's ONNX backend (length-sorted token-budget batches, numpy grid) against a plain onnxruntime
+    session fed one padded text at a time: the same states to 1e-6."""
+    import onnxruntime as ort
+
+    out, _ = exported
+    texts = ["Shares fell sharply after the warning.", "hi", "The minister said the rules would change.",
+             "omg the train is late AGAIN lol", "What is the difference between a list and a tuple?"]
+    enc = bertkit.load(out, backend="onnx")
+    assert enc.onnx.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    direct = ort.InferenceSession(str(out / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
+    ids = enc.tokenize(texts).ids
+    got = enc.encode(texts)
+    for seq, states in zip(ids, got, strict=True):
+        feed = {"input_ids": np.array([seq]), "attention_mask": np.ones((1, len(seq)), np.int64),
+                "token_type_ids": np.zeros((1, len(seq)), np.int64)}
+        want = direct.run(["last_hidden_state"], feed)[0][0]
+        np.testing.assert_allclose(states, want, atol=1e-6, rtol=0)
+
+
+def test_run_packed_equals_run(exported):
+    out, _ = exported
+    m = OnnxModel(out)
+    lengths = [5, 5, 3, 1]
+    ids = np.random.default_rng(0).integers(1000, 2000, sum(lengths))
+    packed = m.run_packed(ids, None, lengths, pad_id=0)["last_hidden_state"]
+    start = 0
+    for n in lengths:
+        row = m.run(ids[None, start:start + n], np.ones((1, n), np.int64), np.zeros((1, n), np.int64))
+        np.testing.assert_allclose(packed[start:start + n], row["last_hidden_state"][0], atol=1e-6, rtol=0)
+        start += n
+
+
+def test_auto_picks_the_int8_graph_only_within_the_bound(exported, tmp_path):
+    from bertkit.inference.engine import AUTO_MIN_COSINE, EngineOptions
+
+    out, _ = exported
+    meta = json.loads((out / META_FILE).read_text())
+    q = meta["int8"]["calibration_cosine_min"]  # measured at export on the calibration texts
+    assert -1.0 <= q <= 1.0 and meta["int8"]["calibration_cosine_mean"] >= q
+    assert OnnxModel.from_options(out, EngineOptions(dtype="auto")).int8 == (q >= AUTO_MIN_COSINE)
+    for cosine, want in ((0.999, True), (0.95, False)):
+        d = tmp_path / str(cosine)
+        d.mkdir()
+        for name in (ONNX_FILE, INT8_FILE):
+            (d / name).write_bytes((out / name).read_bytes())
+        (d / META_FILE).write_text(json.dumps({**meta, "int8": {**meta["int8"], "calibration_cosine_min": cosine}}))
+        assert OnnxModel.from_options(d, EngineOptions(dtype="auto")).int8 is want
+    assert OnnxModel.from_options(out, EngineOptions(int8=True)).int8
+
+
+def test_onnx_batches_are_capped():
+    """onnxruntime runs padded grids: the engine caps its batches at ONNX_MAX_BATCH texts (torch keeps its budget)."""
+    from bertkit.inference.engine import ONNX_MAX_BATCH, Engine, EngineOptions
+
+    lengths = [5] * 100
+    assert max(map(len, Engine(EngineOptions(backend="onnx")).plan(lengths))) == ONNX_MAX_BATCH
+    assert max(map(len, Engine(EngineOptions()).plan(lengths))) == 100
+    assert max(map(len, Engine(EngineOptions(backend="onnx")).plan(lengths, max_batch_size=8))) == 8

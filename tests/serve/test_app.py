@@ -35,7 +35,7 @@ def assert_error(body, status_type="invalid_request_error"):
 # ---- embeddings ----------------------------------------------------------------------------------
 def test_embeddings_match_encoder(encoder_client, services):
     enc = services["encoder"].encoder
-    out = post(encoder_client, "/v1/embeddings", {"input": TEXTS, "model": "whatever", "user": "u1"})
+    out = post(encoder_client, "/v1/embeddings", {"input": TEXTS, "model": services["encoder"].name, "user": "u1"})
     assert out["object"] == "list" and out["model"] == services["encoder"].name
     assert [d["index"] for d in out["data"]] == [0, 1, 2] and all(d["object"] == "embedding" for d in out["data"])
     got = np.array([d["embedding"] for d in out["data"]], dtype=np.float32)
@@ -190,7 +190,7 @@ def test_bad_input_is_422(encoder_client, body, param, needle):
 
 def test_not_json_and_unknown_paths(encoder_client):
     r = encoder_client.post("/v1/embeddings", content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "not valid JSON" in assert_error(r.json())["message"]
+    assert r.status_code == 400 and "not valid JSON" in assert_error(r.json())["message"]  # as every bad body
     r = encoder_client.post("/v1/embeddings", content=b"[" * 1500 + b"]" * 1500,
                             headers={"content-type": "application/json"})
     assert r.status_code == 400 and assert_error(r.json())  # too deeply nested for the JSON parser
@@ -201,7 +201,7 @@ def test_not_json_and_unknown_paths(encoder_client):
 def test_unexpected_error_is_500_without_traceback(services, monkeypatch, caplog):
     service = services["encoder"]
 
-    def broken(texts, normalize):
+    def broken(texts, normalize, **kwargs):
         raise RuntimeError("secret internals")
     monkeypatch.setattr(service, "embed", broken)
     with TestClient(create_app(service)) as client:

@@ -10,6 +10,7 @@ import torch
 from bertkit.cli.main import main
 from bertkit.data.wordpiece import train_wordpiece
 from bertkit.errors import BertkitError, ConfigError
+from bertkit.model.families import family_of
 from bertkit.model.mlm import MaskedLM
 from bertkit.model.weights import load_pretrained, read_state_dict
 from bertkit.train.plot import read_metrics
@@ -17,7 +18,8 @@ from bertkit.train.pretrain import PretrainConfig, pretrain
 from bertkit.utils.recipes import apply_overrides, load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPES = ["tiny-cpu", "bert-base", "mosaicbert-base", "electra-small"]
+RECIPES = ["tiny-cpu", "bert-base", "mosaicbert-base", "electra-small", "tiny-roberta", "tiny-deberta",
+           "tiny-modernbert", "tiny-electra"]
 WORDS = ("the cat sat on a mat while dogs ran over green hills and birds sang songs of summer rain in "
          "quiet towns near rivers where old boats rest").split()
 
@@ -100,6 +102,7 @@ def test_electra_run_saves_the_discriminator_as_a_plain_encoder(corpus, tmp_path
     assert {"disc_accuracy", "disc_loss", "mlm_accuracy"} <= set(result.eval)
     encoder, heads = load_pretrained(out)
     assert heads == {} and encoder.config.hidden_size == 32
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]  # BERT family: no head
 
 
 def test_continued_pretraining_creates_the_missing_head(corpus, tmp_path, minilm_dir, caplog):
@@ -177,8 +180,9 @@ def test_cli_runs_a_recipe_file_with_overrides(corpus, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_runs_two_steps_at_tiny_scale(name, corpus, tmp_path):
-    """The recipe's objective, options (ALiBi + GeGLU for mosaicbert, ELECTRA's generator) and tokenizer choice,
-    with the sizes shrunk: a smoke run, not the recipe's scale."""
+    """The recipe's objective, family and options (ALiBi + GeGLU for mosaicbert, ELECTRA's generator, RoBERTa's
+    position offset, DeBERTa's disentangled attention, ModernBERT's sliding windows) and tokenizer choice, with the
+    sizes shrunk: a smoke run, not the recipe's scale."""
     cfg = PretrainConfig.from_recipe(name, [
         "model.hidden_size=32", "model.num_hidden_layers=1", "model.num_attention_heads=4",
         "model.intermediate_size=64", "vocab_size=128", f"corpus=[{corpus}]", f"cache_dir={tmp_path / 'cache'}",
@@ -190,3 +194,4 @@ def test_each_recipe_runs_two_steps_at_tiny_scale(name, corpus, tmp_path):
     for key in ("ffn_type", "position_embedding_type"):
         if key in cfg.model:
             assert getattr(encoder.config, key) == cfg.model[key]
+    assert family_of(encoder.config).name == cfg.model.get("family", "bert")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from bertkit.compress.pipeline import CompressionError, format_table, load_recipe, run_pipeline
+from bertkit.utils.output_paths import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     recipe = load_recipe(args.recipe, args.overrides)  # every setting checked before any work
     try:
         report = run_pipeline(args.model, recipe, args.output, overwrite=args.overwrite)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from bertkit.utils.output_paths import check_output_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="semantic search over BBC News, then fine-tune a topic classifier")
@@ -28,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertkit.demo import DEFAULT_QUERIES, finetune_demo, search_demo
 
+    if not args.skip_finetune:
+        check_output_dir(args.output)  # fail before any work, naming the path
     if not args.skip_search:
         search_demo(args.model, tuple(args.query) if args.query else DEFAULT_QUERIES, k=args.k, limit=args.limit,
                     index_dir=args.index, reranker=args.reranker)

@@ -18,6 +18,7 @@ import yaml
 
 from bertkit.cli.finetune import DATA_FLAGS, DEVICE_FLAG, TRAINING_FLAGS, read_recipe
 from bertkit.compress.distill import ATTN_LAYERS, DistillConfig, distill
+from bertkit.utils.output_paths import check_output_dir
 
 
 def _ints(text: str) -> list[int]:
@@ -95,6 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     cfg = DistillConfig.from_dict(settings_from_args(args))
     result = distill(args.output, cfg, resume=args.resume, overwrite=args.overwrite)
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,

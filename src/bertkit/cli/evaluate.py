@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
-from bertkit.data.tasks import load_builtin, read_task_file
-from bertkit.task_model import load_task_model
+from bertkit.data.tasks import check_labels_among, load_builtin, read_task_file
+from bertkit.loader import load_task_model
 from bertkit.train.finetune import CONFIG_FILE
 
 
@@ -46,10 +46,8 @@ def run(args: argparse.Namespace) -> int:
         data = read_task_file(args.data, model.task, text_column=args.text_column,
                               text_pair_column=args.text_pair_column, label_column=args.label_column,
                               label_separator=args.label_separator)
-    unseen = sorted(set(data.label_names()) - set(model.labels)) if model.task != "regression" else []
-    if unseen:
-        raise ValueError(f"{data.source}: label(s) {', '.join(map(repr, unseen[:5]))} are not among the model's "
-                         f"labels ({', '.join(model.labels)})")
+    check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
+                       "the model cannot predict them")
     metrics = model.evaluate(data)
     metrics = {"examples": len(data), **metrics}
     if args.json:

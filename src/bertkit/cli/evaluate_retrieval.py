@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
-from bertkit.encoder import load
+from bertkit.encoder import Encoder
+from bertkit.loader import load
+from bertkit.model.pooling import POOLING_MODES
 from bertkit.retrieval.data import SPLITS, bbc_retrieval, load_retrieval_files
 from bertkit.retrieval.search import evaluate_retrieval
 
@@ -21,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qrels", help=".tsv: query-id<TAB>corpus-id<TAB>score")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--batch-size", type=int, default=32)
+    add_prompt_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_length is not None:
         enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
     t0 = time.perf_counter()
-    metrics = evaluate_retrieval(enc, data, batch_size=args.batch_size)
+    metrics = evaluate_retrieval(enc, data, batch_size=args.batch_size, **prompts_from_args(enc, args))
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps({"data": data.source, **metrics}))
@@ -48,3 +52,19 @@ def run(args: argparse.Namespace) -> int:
         for k, v in metrics.items():
             print(f"  {k:<10} {v:.4f}" if k not in ("queries", "seconds") else f"  {k:<10} {v:g}")
     return 0
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """--pooling and each side's prompt (by name or literal); left out: the model's own."""
+    p.add_argument("--pooling", choices=POOLING_MODES, default=None, help="override the model's own pooling")
+    for side, default in (("query", "its 'query' prompt"), ("doc", "its 'document' (or 'passage') prompt")):
+        g = p.add_mutually_exclusive_group()
+        g.add_argument(f"--{side}-prompt-name", default=None, help=f"one of the model's prompts (default: {default})")
+        g.add_argument(f"--{side}-prompt", default=None, help='a literal prompt, e.g. "query: " ("" for none)')
+
+
+def prompts_from_args(enc: Encoder, args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate_retrieval's query_prompt / doc_prompt / pooling from add_prompt_args' flags (names resolved)."""
+    s = enc.sentence
+    return {"query_prompt": s.role_prompt("query", args.query_prompt_name, args.query_prompt),
+            "doc_prompt": s.role_prompt("document", args.doc_prompt_name, args.doc_prompt), "pooling": args.pooling}

@@ -1,9 +1,11 @@
-"""``bertkit export onnx MODEL --output DIR [--int8] [--opset 17]``: a model directory with an ONNX graph."""
+"""``bertkit export onnx MODEL --output DIR [--int8] [--opset 18]``: a model directory with an ONNX graph."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from bertkit.utils.output_paths import check_output_dir
 
 FORMATS = ("onnx",)
 
@@ -16,11 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True,
                    help="directory to write: model.onnx plus the model's config, tokenizer and weights")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 weights)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17; default 18, what torch writes)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     # Imported here: onnx, onnxruntime and the exporter are slow to import for every other command.
     from bertkit.inference.onnx import META_FILE, export_onnx
 

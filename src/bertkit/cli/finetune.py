@@ -15,6 +15,7 @@ from bertkit.errors import InputFileError
 from bertkit.train.engine import PRECISIONS
 from bertkit.train.finetune import FinetuneConfig, finetune
 from bertkit.train.optim import SCHEDULES
+from bertkit.utils.output_paths import check_output_dir
 
 # flag -> config field (None: the flag's own name with dashes turned into underscores). The data and training
 # flags are shared with `bertkit distill`.
@@ -94,6 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     cfg = FinetuneConfig.from_dict(settings_from_args(args))
     result = finetune(args.output, cfg, resume=args.resume, overwrite=args.overwrite)
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bertkit.encoder import load
+from bertkit.loader import load
 from bertkit.model.attention import PATHS
 
 

@@ -59,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a permission lost mid-run: the message names the path
+        if args.verbose:
+            raise
+        print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line and the conventional 128 + SIGINT, not a traceback from wherever the job was.
+        # Outputs are written atomically, so nothing half-written is left behind.
+        if args.verbose:
+            raise
+        print(f"bertkit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

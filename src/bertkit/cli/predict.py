@@ -16,8 +16,9 @@ from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_texts
 from bertkit.errors import InputFileError
-from bertkit.task_model import load_task_model
+from bertkit.loader import load_task_model
 from bertkit.utils.atomic import atomic_path
+from bertkit.utils.output_paths import check_output_file
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
 
@@ -67,9 +68,7 @@ def _jsonl_words(path: Path, field: str) -> list[list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"{out}: unsupported output format {out.suffix!r}; expected .jsonl or .csv")
+    out = check_output_file(args.output, OUTPUT_FORMATS)  # fail before any work, naming the path
     model = load_task_model(args.model_dir, engine=engine_from_args(args))
     if model.task == "ner" and out.suffix.lower() == ".csv":
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")

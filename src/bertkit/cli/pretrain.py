@@ -5,6 +5,11 @@
 
 A recipe is a YAML file (or the name of one in recipes/) whose keys are ``PretrainConfig`` fields; each
 ``key=value`` after the flags overrides one setting (dotted for nested ones: ``training.lr=1e-4``).
+``model.family`` picks the architecture of a new model (bert, roberta, deberta-v2, modernbert, electra,
+distilbert, mpnet); ``init_from=DIR`` continues a checkpoint of any family instead:
+
+    bertkit pretrain --recipe tiny-roberta --output runs/r model.num_hidden_layers=6
+    bertkit pretrain --recipe tiny-cpu --output runs/cont init_from=models/roberta-base "model={}"
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import argparse
 import json
 
 from bertkit.train.pretrain import PretrainConfig, pretrain
+from bertkit.utils.output_paths import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder (MLM or ELECTRA) from a recipe",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, help="recipe name (tiny-cpu, bert-base, mosaicbert-base, "
-                   "electra-small) or a YAML file")
+    p.add_argument("--recipe", required=True, help="recipe name (tiny-cpu, tiny-roberta, tiny-deberta, "
+                   "tiny-modernbert, tiny-electra, bert-base, mosaicbert-base, electra-small) or a YAML file")
     p.add_argument("--output", required=True, help="run directory: checkpoints, metrics, the final model")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty --output")
@@ -29,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     cfg = PretrainConfig.from_recipe(args.recipe, args.overrides)
     if args.print_config:
         from dataclasses import asdict

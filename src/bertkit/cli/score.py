@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from bertkit.data.text_files import read_texts
-from bertkit.encoder import load
 from bertkit.errors import InputFileError
+from bertkit.loader import load
 from bertkit.retrieval.bertscore import bertscore
 from bertkit.utils.atomic import atomic_write_text
+from bertkit.utils.output_paths import check_output_file
 
 log = logging.getLogger("bertkit")
 
@@ -44,6 +45,8 @@ def parse_baseline(value: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_output_file(args.output, (".jsonl",))  # fail before any work, naming the path
     if args.output is not None and Path(args.output).suffix.lower() != ".jsonl":
         raise ValueError(f"{args.output}: per-pair scores are written as .jsonl")
     candidates = read_texts(args.candidates, args.text_column)

@@ -1,21 +1,26 @@
 """``bertkit serve [MODEL]``: an HTTP server for embeddings, classification, NER and fill-mask.
 
 Concurrent requests are merged into engine calls (dynamic micro-batching, ``--max-batch-tokens`` /
-``--max-wait-ms``; ``--no-batching`` runs one request per call). SIGTERM / Ctrl-C stop taking new
-connections, let in-flight requests finish (up to 30 s), then stop.
+``--max-wait-ms``; ``--no-batching`` runs one request per call); large requests run in slices that take turns
+with other requests' (``--slice-tokens``). Every limit is a flag (README, Limits). SIGTERM / Ctrl-C stop taking
+new connections, let queued work finish for ``--shutdown-grace`` seconds, answer the rest with a JSON 503,
+then stop. ``--api-key`` (or ``$BERTKIT_API_KEY``) requires ``Authorization: Bearer KEY``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.serve.config import ServerConfig as ServerDefaults
 
 log = logging.getLogger("bertkit")
 
-GRACEFUL_SHUTDOWN_S = 30
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+API_KEY_ENV = "BERTKIT_API_KEY"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +36,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-batching", action="store_true", help="one request per engine call (no merging)")
     p.add_argument("--max-texts", type=int, default=256, help="most texts in one request (more: 413)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (more: 413)")
+    c = ServerDefaults
+    p.add_argument("--max-request-tokens", type=int, default=c.max_request_tokens,
+                   help="most tokens in one request, after truncation (more: 413)")
+    p.add_argument("--slice-tokens", type=int, default=c.slice_tokens,
+                   help="a large request runs in slices of this many tokens, taking turns with other requests")
+    p.add_argument("--max-call-ms", type=float, default=c.max_call_ms,
+                   help="keep each engine call to about this long (by the measured tokens/s), so a request arriving "
+                        "during one waits little for the next")
+    p.add_argument("--max-queue-requests", type=int, default=c.max_queue_requests,
+                   help="requests admitted at once per endpoint (more: 503 with Retry-After)")
+    p.add_argument("--max-queue-tokens", type=int, default=c.max_queue_tokens,
+                   help="tokens waiting at once per endpoint (more: 503 with Retry-After)")
+    p.add_argument("--request-timeout", type=float, default=c.request_timeout_s, metavar="SECONDS",
+                   help="a request not answered by then gets a 503 and its remaining work is dropped")
+    p.add_argument("--body-timeout", type=float, default=c.body_timeout_s, metavar="SECONDS",
+                   help="the whole request body must arrive within this (else 408)")
+    p.add_argument("--header-timeout", type=float, default=c.header_timeout_s, metavar="SECONDS",
+                   help="a request's headers must arrive within this (else 408, connection closed)")
+    p.add_argument("--keep-alive", type=int, default=c.keep_alive_s, metavar="SECONDS",
+                   help="close an idle keep-alive connection after this")
+    p.add_argument("--shutdown-grace", type=float, default=c.shutdown_grace_s, metavar="SECONDS",
+                   help="on SIGTERM, queued work may finish for this long; the rest gets a 503")
+    p.add_argument("--heap-trim-interval", type=float, default=c.heap_trim_s, metavar="SECONDS",
+                   help="under load, hand free heap memory back to the OS at most this often (0: never)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set, else no key; the "
+                        "variable keeps the key out of the process list)")
+    p.add_argument("--open-paths", default=",".join(c.open_paths), metavar="PATHS",
+                   help="comma-separated paths that need no key (default: %(default)s; '' protects all)")
+    p.add_argument("--accept-any-model", action="store_true",
+                   help='accept any "model" in requests (default: a name this server does not serve is a 404)')
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="uvicorn's log level")
     add_engine_args(p)  # --dtype --int8 --backend --threads --max-batch-tokens (also the merge budget) --batch-size
     p.set_defaults(func=run)
@@ -40,20 +76,53 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bertkit.serve import ServerConfig, create_app, load_service
+    from bertkit.serve.server import server_options
 
     if args.max_texts < 1 or args.max_body_bytes < 1 or not 0 < args.port < 65536:
         raise ValueError("--max-texts and --max-body-bytes must be >= 1 and --port in 1..65535")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     options = engine_from_args(args)
     config = ServerConfig(max_texts_per_request=args.max_texts, max_body_bytes=args.max_body_bytes,
                           batching=not args.no_batching, max_batch_tokens=args.max_batch_tokens,
-                          max_wait_ms=args.max_wait_ms)
+                          max_wait_ms=args.max_wait_ms, max_request_tokens=args.max_request_tokens,
+                          slice_tokens=args.slice_tokens, max_call_ms=args.max_call_ms,
+                          max_queue_requests=args.max_queue_requests,
+                          max_queue_tokens=args.max_queue_tokens, request_timeout_s=args.request_timeout,
+                          body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+                          keep_alive_s=args.keep_alive, heap_trim_s=args.heap_trim_interval,
+                          shutdown_grace_s=args.shutdown_grace, api_key=api_key,
+                          open_paths=tuple(p.strip() for p in args.open_paths.split(",") if p.strip()),
+                          accept_any_model=args.accept_any_model)  # checked before the model loads
     service = load_service(args.model, options)
     app = create_app(service, config)
     log.info("serving %s", service.describe())
     log.info("engine: %s", options.describe())
-    log.info("batching: %s", f"merge up to {config.max_batch_tokens} tokens, wait <= {config.max_wait_ms} ms"
-             if config.batching else "off (one request per engine call)")
+    log.info("batching: %s", f"merge up to {config.max_batch_tokens} tokens, wait <= {config.max_wait_ms} ms, "
+             f"slices of {config.slice_tokens} tokens, calls of ~{config.max_call_ms:g} ms" if config.batching else
+             "off (one request per engine call)")
+    log.info("limits: %d texts, %d tokens and %d bytes a request; queue %d requests / %d tokens; timeouts: "
+             "request %g s, body %g s, headers %g s, idle %d s; shutdown grace %g s", config.max_texts_per_request,
+             config.max_request_tokens, config.max_body_bytes, config.max_queue_requests, config.max_queue_tokens,
+             config.request_timeout_s, config.body_timeout_s, config.header_timeout_s, config.keep_alive_s,
+             config.shutdown_grace_s)
+    if api_key is None:
+        if not is_loopback(args.host):
+            log.warning("listening on %s without an API key: anyone who can reach this address can use the "
+                        "server; set --api-key or $%s, or bind to 127.0.0.1", args.host, API_KEY_ENV)
+    else:
+        log.info("API key required (Authorization: Bearer ...) except on %s", ", ".join(config.open_paths) or
+                 "no path")
     log.info("listening on http://%s:%d (API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                **server_options(app))
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` exposes the server to this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

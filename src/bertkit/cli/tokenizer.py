@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from bertkit.data.corpus import BUILTIN_CORPORA
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.data.wordpiece import train_wordpiece
+from bertkit.utils.output_paths import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     out = train_wordpiece(args.corpus, args.vocab_size, args.output, lowercase=args.lowercase,
                           round_to=args.round_to, min_frequency=args.min_frequency)
-    print(f"vocabulary  {WordPieceTokenizer.from_dir(out).vocab_size:,} tokens")
+    print(f"vocabulary  {Tokenizer.from_dir(out).vocab_size:,} tokens")
     print(f"saved       {out}")
     return 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from bertkit.encoder import load
+from bertkit.loader import load
+from bertkit.model.pooling import POOLING_MODES
 from bertkit.retrieval.data import training_splits
 from bertkit.retrieval.search import evaluate_retrieval
 from bertkit.train.engine import PRECISIONS, TrainConfig, parse_duration
+from bertkit.utils.output_paths import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=["bbc-news"], help="built-in: BBC titles -> bodies (train / dev / test)")
     p.add_argument("--queries"), p.add_argument("--docs"), p.add_argument("--qrels")
     p.add_argument("--output", "-o", required=True)
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    p.add_argument("--pooling", choices=POOLING_MODES, default=None,
+                   help="pooling to train, saved with the model (default: the starting model's own, else mean)")
+    p.add_argument("--query-prompt", default=None,
+                   help='prepended to every query, e.g. "query: ", and saved as the model\'s "query" prompt '
+                        '(default: the starting model\'s own, if any; "" for none)')
+    p.add_argument("--doc-prompt", default=None,
+                   help='prepended to every document, saved as the "document" prompt (default: the model\'s own)')
     p.add_argument("--scale", type=float, default=None,
                    help="similarity scale of the loss, 1 / temperature (default 20; 25 with --mirror)")
     p.add_argument("--max-length", type=int, default=None)
@@ -48,12 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     if args.mirror and args.corpus and not (args.dataset or args.queries or args.docs or args.qrels):
         train = dev = test = None  # raw text only: nothing to evaluate on
     else:
         train, dev, test = training_splits(args.dataset, args.queries, args.docs, args.qrels, args.seed)
     if not args.mirror and args.corpus:
         raise ValueError("--corpus is raw text for --mirror")
+    if args.mirror and (args.query_prompt is not None or args.doc_prompt is not None):
+        raise ValueError("--query-prompt / --doc-prompt are for (query, document) pairs; Mirror-BERT uses none")
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size or (64 if args.mirror else 32), lr=args.lr,
                        seed=args.seed, warmup_ratio=0.1, precision=args.precision,
                        time_budget=parse_duration(args.time_budget), progress=not args.no_progress)
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
             teacher = Reranker.from_pretrained(args.teacher)  # fp32 scores: the targets, computed once
         result = train_embeddings(args.output, train, dev, scale=args.scale or 20.0, max_length=args.max_length,
+                                  query_prompt=args.query_prompt, doc_prompt=args.doc_prompt,
                                   negatives=negatives, teacher=teacher, distill_weight=args.distill_weight, **common)
     report = {"output": str(result.output_dir), "steps": result.state.step, "dev": result.dev}
     if test is not None:

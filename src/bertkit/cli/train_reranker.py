@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertkit.encoder import load
+from bertkit.loader import load
 from bertkit.retrieval.data import RetrievalData, training_splits
 from bertkit.retrieval.reranker import (
     CONFIG_FILE,
@@ -20,9 +20,10 @@ from bertkit.retrieval.reranker import (
     evaluate_reranking,
     train_reranker,
 )
-from bertkit.retrieval.search import retrieve_scored
+from bertkit.retrieval.search import embed_side, retrieve_scored
 from bertkit.train.engine import PRECISIONS, TrainConfig, parse_duration
 from bertkit.utils.atomic import atomic_write_text
+from bertkit.utils.output_paths import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.output)  # fail before any work, naming the path
     train, dev, test = training_splits(args.dataset, args.queries, args.docs, args.qrels, args.seed)
     for name in ("negatives", "mine_top", "dev_top", "rerank_top"):
         if getattr(args, name) < 1:
@@ -79,7 +81,7 @@ def evaluate_splits(args: argparse.Namespace, output_dir: Path, doc_vectors: np.
     reranker = Reranker.from_pretrained(output_dir, dtype=args.precision)
     retriever = load(args.retriever)
     if doc_vectors is None:  # the splits share train's collection: embed it once (training did, unless resumed)
-        doc_vectors = retriever.embed(list(train.docs.values()), batch_size=64)
+        doc_vectors = embed_side(retriever, list(train.docs.values()), "document")
     depth = max(100, args.rerank_top)
 
     def first_stage(data: RetrievalData) -> tuple[dict[str, list[str]], dict[str, list[float]]]:

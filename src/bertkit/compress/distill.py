@@ -19,14 +19,22 @@ weight means the same at any depth):
 
 Attention on the packed layout. The losses need each layer's attention, which the model never materialises
 outside its kernel. ``capture`` adds forward hooks (opt-in, removed on exit) that keep the fused QKV projection
-``(total_tokens, 3 * heads * head_dim)`` of the wanted layers and the hidden states; ``relation_scores`` then recomputes
-q_h k_h^T / sqrt(d) (+ ALiBi, with RoPE applied) run by run, exactly as ``unpadded_attention`` does, one
-``(n_seqs, heads, L, L)`` block per run of equal-length sequences: no padding, no mask, and attention stays
-inside each sequence. The models' own forwards are untouched, so logits and hidden states are the ordinary
-ones; the price is one extra QK^T for the distilled layers. The recomputed distributions are those before
-attention dropout. When teacher and student head counts differ, MiniLMv2's relation heads stand in: the
-concatenated q (k, v) of all heads is re-split into ``relation_heads`` equal parts in both models (RoPE and
-ALiBi are then left out: they belong to the real heads). Head counts are per layer, so pruned layers work too.
+``(total_tokens, 3 * heads * head_dim)`` of the wanted layers and the hidden states; each layer's own
+``Layer.attention_scores`` then recomputes its logits run by run, exactly as it attends (its scale and positions:
+RoPE of its base, ALiBi, MPNet's bucket bias, DeBERTa's disentangled c2p / p2c terms, ModernBERT's sliding window),
+one ``(n_seqs, heads, L, L)`` block per run of equal-length sequences: no padding, no mask, and attention stays
+inside each sequence. So every family is distilled with its own attention, and nothing here re-implements positions.
+The models' own forwards are untouched, so logits and hidden states are the ordinary ones; the price is one extra
+QK^T for the distilled layers. The recomputed distributions are those before attention dropout. When teacher and
+student head counts differ, MiniLMv2's relation heads stand in: the concatenated q (k, v) of all heads is re-split
+into ``relation_heads`` equal parts in both models, scaled by 1 / sqrt(d) of the parts (``relation_scores``; the
+positions are then left out: they belong to the real heads). Head counts are per layer, so pruned layers work too.
+
+Students from teacher layers work for every family: ModernBERT's ``layer_types`` follow the kept layers, DeBERTa's
+per-layer position projections travel with their layers and the model-level relative tables (DeBERTa's relative
+embeddings, MPNet's bucket bias) are copied whole. A pre-norm family without an attention norm in layer 0
+(ModernBERT) whose student starts at a later teacher layer drops that layer's attention norm (logged): the student's
+first layer has none, as the family defines it; training adapts it.
 
 The primary teacher (the first) provides the hidden states and attention and seeds the student; every teacher
 contributes soft labels. Teachers stay outside the trained module: frozen, in eval mode, under no_grad.
@@ -57,15 +65,17 @@ from torch import Tensor, nn
 from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order
 from bertkit.data.features import IGNORE
 from bertkit.data.tasks import TaskData, check_known_labels
-from bertkit.data.tokenizer import TOKENIZER_FILES, WordPieceTokenizer
+from bertkit.data.tokenizer import TOKENIZER_FILES, Tokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import BertkitError, ConfigError
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
-from bertkit.model.attention import Packing, _split_runs, apply_rope
-from bertkit.model.bert import BertModel
+from bertkit.hub import DEFAULT_MODEL
+from bertkit.model.attention import Packing, split_runs
+from bertkit.model.bert import BertModel, Layer
 from bertkit.model.config import EncoderConfig
+from bertkit.model.directory import inspect_model_dir, load_encoder
 from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
-from bertkit.model.weights import load_pretrained, save_weights
+from bertkit.model.positions import Tables, apply_rope
+from bertkit.model.weights import save_weights
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
 from bertkit.train.finetune import (
@@ -83,7 +93,7 @@ from bertkit.utils.runtime import tune_allocator
 log = logging.getLogger("bertkit")
 
 Head = SequenceClassifier | TokenClassifier
-Positions = tuple[tuple[Tensor, Tensor] | None, Tensor | None]  # (rope, alibi) as BertModel.relative_positions
+Positions = tuple[tuple[Tensor, Tensor] | None, Tensor | None]  # (rope, alibi) for relation_scores
 ATTN_LAYERS = ("last", "mapped")
 LOSSES = ("kl", "ce", "hidden", "attn", "value")
 CONFIG_FILE = "distill_config.json"
@@ -127,34 +137,50 @@ def _same_head(teacher: Head, encoder: BertModel) -> Head:
 
 
 def student_from_teacher(teacher: BertModel | Head, layers: Sequence[int]) -> BertModel | Head:
-    """A shallower copy: student layer j is teacher layer ``layers[j]`` (0-based); embeddings, final norm,
-    pooler and (for a head) the classifier are copied too. Returns the teacher's type."""
+    """A shallower copy: student layer j is teacher layer ``layers[j]`` (0-based); embeddings, model-level position
+    tables, final norm, pooler and (for a head) the whole task head are copied too. Returns the teacher's type.
+
+    Per-layer settings follow the kept layers (pruned sizes, ModernBERT's ``layer_types``). Where the family has no
+    attention norm in layer 0 (``first_layer_attn_norm=False``) and ``layers[0] > 0``, the kept layer's attention
+    norm is dropped (logged): the student is trained after this, and its first layer is then as the family builds it.
+    """
     enc = encoder_of(teacher)
     check_student_layers(layers, len(enc.layers))
+    src = enc.config
     changes: dict[str, Any] = {"num_hidden_layers": len(layers)}
-    # per-layer sizes left by structured pruning follow the kept layers
-    if getattr(enc.config, "pruned_heads", None):
-        changes["pruned_heads"] = {j: enc.config.pruned_heads[i] for j, i in enumerate(layers)
-                                   if i in enc.config.pruned_heads}
-    if getattr(enc.config, "intermediate_sizes", None) is not None:
-        changes["intermediate_sizes"] = [enc.config.intermediate_sizes[i] for i in layers]
-    cfg = dataclasses.replace(enc.config, **changes, extra=dict(enc.config.extra))
+    # per-layer sizes left by structured pruning, and per-layer attention types, follow the kept layers
+    if src.pruned_heads:
+        changes["pruned_heads"] = {j: src.pruned_heads[i] for j, i in enumerate(layers) if i in src.pruned_heads}
+    if src.intermediate_sizes is not None:
+        changes["intermediate_sizes"] = [src.intermediate_sizes[i] for i in layers]
+    if src.layer_types is not None:
+        changes["layer_types"] = [src.layer_types[i] for i in layers]
+    cfg = dataclasses.replace(src, **changes, extra=dict(src.extra))
     student = BertModel(cfg, add_pooler=enc.pooler is not None, path=enc.path)
     new_index = {old: new for new, old in enumerate(layers)}
-    state = {}
+    wanted = student.state_dict()
+    state, dropped = {}, []
     for key, value in enc.state_dict().items():
         if key.startswith("layers."):
             _, i, rest = key.split(".", 2)
             if int(i) not in new_index:
                 continue
             key = f"layers.{new_index[int(i)]}.{rest}"
+            if key not in wanted and key.startswith("layers.0.attn_norm."):  # the family's layer 0 has none
+                dropped.append(key)
+                continue
         state[key] = value
+    if dropped:
+        log.info("student layer 0 (teacher layer %d) has no attention norm, as the first layer of a %s model: "
+                 "the teacher layer's norm is left out", layers[0], cfg.model_type)
     student.load_state_dict(state, strict=True)  # every student tensor comes from the teacher
-    student.to(next(enc.parameters()).device)
+    device = next(enc.parameters()).device
+    student.to(device)
     if isinstance(teacher, BertModel):
         return student
-    head = _same_head(teacher, student).to(next(enc.parameters()).device)
-    head.classifier.load_state_dict(teacher.classifier.state_dict())
+    head = _same_head(teacher, student).to(device)
+    own = {k: v for k, v in teacher.state_dict().items() if not k.startswith("encoder.")}
+    head.load_state_dict({**own, **{f"encoder.{k}": v for k, v in student.state_dict().items()}}, strict=True)
     return head
 
 
@@ -174,6 +200,8 @@ def student_from_config(teacher: BertModel | Head, overrides: dict[str, Any]) ->
         raise ConfigError(f"student_config num_hidden_layers={layers}: the teacher has only {len(enc.layers)}")
     # a fresh student has uniform layers unless asked otherwise: a pruned teacher's per-layer sizes do not carry
     uniform = {k: v for k, v in (("pruned_heads", {}), ("intermediate_sizes", None)) if hasattr(enc.config, k)}
+    if enc.config.layer_types is not None and isinstance(layers, int) and "layer_types" not in overrides:
+        uniform["layer_types"] = enc.config.layer_types[:layers]  # ModernBERT's pattern from its first layer on
     try:
         cfg = dataclasses.replace(enc.config, **{**uniform, **overrides}, extra=dict(enc.config.extra))
     except ConfigError as e:
@@ -285,12 +313,13 @@ def relation_scores(a: Tensor, b: Tensor, packing: Packing, heads: int,
     """a, b (total_tokens, heads * d) -> per run of equal-length sequences, (n_seqs, heads, L, L) scores
     a_h b_h^T / sqrt(d), with RoPE rotating a and b and ALiBi added when ``positions`` has them.
 
-    q, k give the attention logits; v, v the value relation. Runs are split as ``unpadded_attention`` splits
-    them, so one block stays under its score-size cap.
+    q, k of relation heads give MiniLMv2's attention relations; v, v the value relation. A layer's real attention
+    logits, with its family's positions and scale, come from ``Layer.attention_scores``. Runs are split as
+    ``unpadded_attention`` splits them, so one block stays under its score-size cap.
     """
     d = a.shape[-1] // heads
     rope, alibi = positions or (None, None)
-    for start, n, length in _split_runs(packing.runs, heads):
+    for start, n, length in split_runs(packing.runs, heads):
         end = start + n * length
         x = a[start:end].reshape(n, length, heads, d).transpose(1, 2)  # (n, heads, L, d)
         y = b[start:end].reshape(n, length, heads, d).transpose(1, 2)
@@ -304,11 +333,13 @@ def relation_scores(a: Tensor, b: Tensor, packing: Packing, heads: int,
 
 def relation_kl(teacher: Iterable[Tensor], student: Iterable[Tensor]) -> Tensor:
     """Matching blocks of scores (..., L, L) -> KL(softmax(teacher) || softmax(student)) of each row (the last
-    dim), averaged over all rows of all blocks (sequences x heads x query tokens)."""
+    dim), averaged over all rows of all blocks (sequences x heads x query tokens). Keys the teacher gives no
+    probability (outside a sliding window) add nothing, even where both logits are -inf."""
     total, rows = None, 0
     for t, s in zip(teacher, student, strict=True):
         t_log, s_log = F.log_softmax(t.float(), -1), F.log_softmax(s.float(), -1)
-        kl = (t_log.exp() * (t_log - s_log)).sum()
+        p = t_log.exp()
+        kl = torch.where(p > 0, p * (t_log - s_log), 0.0).sum()
         total = kl if total is None else total + kl
         rows += t.numel() // t.shape[-1]
     return total / rows
@@ -319,8 +350,8 @@ def attention_kl(teacher_qkv: Tensor, student_qkv: Tensor, packing: Packing, hea
     """Fused projections (total_tokens, 3 * hidden_t) and (total_tokens, 3 * hidden_s) -> scalar KL of the
     attention distributions softmax(q_h k_h^T / sqrt(d)) per head, mean over (sequence, head, query token).
 
-    With each model's own head count and positions these are exactly its attention probabilities; with
-    another ``heads`` (relation heads) q and k are re-split and positions are left out."""
+    For relation heads (q and k re-split into ``heads`` parts, positions left out) and plain BERT-style layers;
+    ``layer_attention_kl`` compares two layers' real attention, any family."""
     tq, tk, _ = teacher_qkv.chunk(3, dim=-1)
     sq, sk, _ = student_qkv.chunk(3, dim=-1)
     return relation_kl(relation_scores(tq, tk, packing, heads, teacher_positions),
@@ -348,12 +379,13 @@ def pick_relation_heads(teacher_heads: int, student_heads: int, teacher_width: i
     return r
 
 
-def layer_positions(layer: nn.Module, positions: Positions) -> Positions:
-    """(rope, alibi) as one layer attends with them: a layer with pruned heads keeps its heads' ALiBi slopes."""
-    rope, alibi = positions
-    if alibi is not None and alibi.shape[0] != layer.num_heads:
-        alibi = alibi[layer.head_ids]
-    return rope, alibi
+def layer_attention_kl(teacher: Layer, teacher_qkv: Tensor, teacher_tables: Tables, student: Layer,
+                       student_qkv: Tensor, student_tables: Tables, packing: Packing) -> Tensor:
+    """KL(teacher || student) of two layers' real attention distributions (same head count), mean over (sequence,
+    head, query token): each layer's logits from its own ``attention_scores`` (its family's scale and positions)
+    on its captured QKV projection (total_tokens, 3 * heads * head_dim) and its model's ``position_tables``."""
+    return relation_kl(teacher.attention_scores(teacher_qkv, packing, teacher_tables),
+                       student.attention_scores(student_qkv, packing, student_tables))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,14 +500,16 @@ class Distiller(nn.Module):
         if a["attn"] or a["value"]:
             s_enc, t_enc = encoder_of(self.student), encoder_of(self.teachers[0])
             longest = max(b.packing.lengths)
-            s_pos = s_enc.relative_positions(longest, b.input_ids.device)
-            t_pos = t_enc.relative_positions(longest, b.input_ids.device)
+            s_tables = s_enc.position_tables(longest, b.input_ids.device)  # each model's own, as in its forward
+            with torch.no_grad():
+                t_tables = t_enc.position_tables(longest, b.input_ids.device)
             attn, value = [], []
             for (s, t), (r, real) in zip(self.attn_pairs, self.heads, strict=True):
-                if a["attn"]:
-                    pos = (layer_positions(t_enc.layers[t], t_pos), layer_positions(s_enc.layers[s], s_pos)) \
-                        if real else (None, None)
-                    attn.append(attention_kl(t_in.qkv[t], s_in.qkv[s], b.packing, r, *pos))
+                if a["attn"] and real:
+                    attn.append(layer_attention_kl(t_enc.layers[t], t_in.qkv[t], t_tables, s_enc.layers[s],
+                                                   s_in.qkv[s], s_tables, b.packing))
+                elif a["attn"]:
+                    attn.append(attention_kl(t_in.qkv[t], s_in.qkv[s], b.packing, r))
                 if a["value"]:
                     value.append(value_relation_kl(t_in.qkv[t], s_in.qkv[s], b.packing, r))
             if attn:
@@ -573,7 +607,7 @@ class DistillResult:
     teachers_test: list[dict[str, float] | None]
 
 
-def _same_vocabulary(a: WordPieceTokenizer, b: WordPieceTokenizer) -> bool:
+def _same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     return a.vocab_size == b.vocab_size and a.convert_ids_to_tokens(list(range(a.vocab_size))) == \
         b.convert_ids_to_tokens(list(range(b.vocab_size)))
 
@@ -617,14 +651,15 @@ def build_task_student(cfg: DistillConfig, teacher: TaskModel, teacher_name: str
         return student_from_teacher(teacher.head, cfg.student_layers), list(cfg.student_layers)
     if cfg.student_config:
         return student_from_config(teacher.head, cfg.student_config), None
-    d = resolve_model_dir(cfg.student_model)
-    encoder, heads = load_pretrained(d)
-    if not _same_vocabulary(WordPieceTokenizer.from_dir(d), teacher.tokenizer):
+    info = inspect_model_dir(cfg.student_model)
+    d = info.path
+    encoder, heads, _ = load_encoder(info, who="a distillation student")
+    if not _same_vocabulary(Tokenizer.from_dir(info.weights_dir), teacher.tokenizer):
         raise ConfigError(f"student_model {d} and teacher {teacher_name} use different vocabularies")
     if len(encoder.layers) > len(teacher.head.encoder.layers):
         raise ConfigError(f"student_model {d} has {len(encoder.layers)} layers, more than teacher {teacher_name} "
                           f"({len(teacher.head.encoder.layers)})")
-    labels = _labels_of(encoder.config) if any(k.startswith("classifier.") for k in heads) else []
+    labels = _labels_of(encoder.config) if info.is_task_model else []
     strip_task_keys(encoder.config)
     head = build_head(encoder, teacher.task, max(len(teacher.labels), 1))
     if labels:  # a task model as the student: it must already speak the teacher's labels
@@ -673,7 +708,7 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
                           alpha_hidden=cfg.alpha_hidden, alpha_attn=cfg.alpha_attn, alpha_value=cfg.alpha_value,
                           layer_map=cfg.layer_map if cfg.layer_map is not None else copied,
                           attn_layers=cfg.attn_layers, relation_heads=cfg.relation_heads, label_orders=orders)
-    limit = min(encoder_of(m).config.max_position_embeddings for m in (student, *[t.head for t in teachers]))
+    limit = min(encoder_of(m).config.max_tokens for m in (student, *[t.head for t in teachers]))
     tm = TaskModel(student, primary.tokenizer, primary.task, primary.labels, min(cfg.max_length, limit), out)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
@@ -788,14 +823,15 @@ def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillCo
     device = pick_device(tcfg.device)
     if device.type == "cpu":
         tune_allocator()
-    teacher_dir = resolve_model_dir(cfg.teacher)
-    teacher, _ = load_pretrained(teacher_dir)
+    info = inspect_model_dir(cfg.teacher)
+    teacher_dir = info.path
+    teacher, _, _ = load_encoder(info, who="a distillation teacher")
     strip_task_keys(teacher.config)
     teacher.to(device)
-    tok = WordPieceTokenizer.from_dir(teacher_dir)
-    if cfg.max_length > teacher.config.max_position_embeddings:
-        raise ConfigError(f"max_length {cfg.max_length} exceeds the teacher's max_position_embeddings "
-                          f"{teacher.config.max_position_embeddings}")
+    tok = Tokenizer.from_dir(info.weights_dir)
+    if cfg.max_length > teacher.config.max_tokens:
+        raise ConfigError(f"max_length {cfg.max_length} exceeds the teacher's limit of {teacher.config.max_tokens} "
+                          f"tokens (max_position_embeddings {teacher.config.max_position_embeddings})")
     torch.manual_seed(tcfg.seed)
     if cfg.student_layers:
         student = student_from_teacher(teacher, cfg.student_layers)

@@ -16,7 +16,8 @@ stays dense and the report (and the log) says so. Random or freshly fine-tuned B
 spectra, so high energies often keep layers dense: factorisation pays on trained weights with decaying
 spectra, and a short fine-tune (``finetune_lowrank``) recovers what truncation loses.
 
-Saved layout (``save_lowrank``): the HF directory of ``TaskModel.save_pretrained`` / an encoder, except
+Saved layout (``save_lowrank``): the HF directory of ``TaskModel.save_pretrained`` / an encoder, in the model's
+family layout (``roberta.*`` + ``classifier.dense/out_proj``, ``model.*`` + ``head.*`` ...), except
 that each factorised layer's dense ``weight`` is replaced by ``lowrank.<our module name>.U`` and ``.V``
 in ``model.safetensors`` (its bias keeps its HF name), and ``config.json`` has a ``"lowrank"`` section
 ``{our module name: rank}``. ``load_lowrank`` reads it; ordinary loaders refuse it (missing dense
@@ -42,17 +43,19 @@ from torch import Tensor, nn
 
 from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tasks import TaskData
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine
 from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
+from bertkit.model.families import family_of
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.weights import (
     find_weights_file,
     has_pooler,
     hf_key_map,
+    hf_state_dict,
     load_hf_state,
     normalize_hf_keys,
     read_state_dict,
@@ -67,7 +70,6 @@ log = logging.getLogger("bertkit")
 LAYER_LINEARS = ("Wqkv", "attn_out", "mlp_in", "mlp_out")  # the linear layers of each encoder layer
 LOWRANK_KEY = "lowrank"  # config.json section {module name: rank}
 FACTOR_PREFIX = "lowrank."  # safetensors keys lowrank.<module name>.U / .V
-_ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification"}
 
 
 class LowRankLinear(nn.Module):
@@ -358,20 +360,27 @@ def finetune_lowrank(task_model: TaskModel, train: TaskData | Features, steps: i
 
 
 # ---- save / load ---------------------------------------------------------------------------------
-def _encoder_state(encoder: BertModel) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """HF-named tensors of the encoder without the factorised layers' dense weights, plus their factors."""
+def _hf_state(model: BertModel | nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The family's HF tensors of an encoder (base layout) or task head (prefixed, with the head's own names)
+    without the factorised layers' dense weights, plus their factors ``lowrank.<name>.U / .V``."""
+    encoder = _encoder_of(model)
     lowrank = lowrank_layers(encoder)
-    skip = {f"{name}.weight" for name in lowrank}
-    ours = encoder.state_dict()
-    out: dict[str, Tensor] = {}
-    for hf_key, (our_key, rows) in hf_key_map(encoder.config, encoder.pooler is not None).items():
-        if our_key in skip:
-            continue
-        t = ours[our_key] if rows is None else ours[our_key][rows]
-        out[hf_key] = t.detach().cpu().contiguous().clone()
+    # The family layouts read nn.Linear weights: stand dense layers in while the state is read, then put the
+    # factorised modules back (the same objects, so the model is unchanged).
+    densify(encoder)
+    try:
+        state = hf_state_dict(encoder) if model is encoder else model.hf_state_dict()
+    finally:
+        for name, m in lowrank.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(encoder.get_submodule(parent), attr, m)
+    prefix = "" if model is encoder else family_of(encoder.config).prefix + "."
+    for hf_key, (our_key, _) in hf_key_map(encoder.config, encoder.pooler is not None).items():
+        if our_key.removesuffix(".weight") in lowrank and our_key.endswith(".weight"):
+            del state[prefix + hf_key]
     factors = {f"{FACTOR_PREFIX}{name}.{p}": getattr(m, p).detach().cpu().contiguous().clone()
                for name, m in lowrank.items() for p in ("U", "V")}
-    return out, factors
+    return state, factors
 
 
 def save_lowrank(model: TaskModel | BertModel, directory: str | os.PathLike[str]) -> Path:
@@ -380,16 +389,13 @@ def save_lowrank(model: TaskModel | BertModel, directory: str | os.PathLike[str]
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     encoder = _encoder_of(model)
-    state, factors = _encoder_state(encoder)
+    state, factors = _hf_state(model.head if isinstance(model, TaskModel) else encoder)
     section = {name: m.rank for name, m in lowrank_layers(encoder).items()}
     extra = {**encoder.config.extra, LOWRANK_KEY: section}
     if isinstance(model, TaskModel):
         head = model.head
-        state = {f"bert.{k}": v for k, v in state.items()}
-        state.update({f"classifier.{k}": v.detach().cpu().contiguous().clone()
-                      for k, v in head.classifier.state_dict().items()})
         labels = model.labels or [f"LABEL_{i}" for i in range(head.num_labels)]
-        extra.update({"architectures": [_ARCHITECTURES[head.kind]],
+        extra.update({"architectures": [family_of(encoder.config).architecture(encoder.config.model_type, head.kind)],
                       "id2label": {str(i): n for i, n in enumerate(labels)},
                       "label2id": {n: i for i, n in enumerate(labels)}, "problem_type": head.problem_type})
         model.tokenizer.save(d)
@@ -412,7 +418,7 @@ def _load_encoder(d: Path, path: str) -> tuple[BertModel, dict[str, Tensor]]:
     weights = find_weights_file(d)
     raw = read_state_dict(weights)
     factors = {k[len(FACTOR_PREFIX):]: raw.pop(k) for k in list(raw) if k.startswith(FACTOR_PREFIX)}
-    encoder_state, heads = normalize_hf_keys(raw)
+    encoder_state, heads = normalize_hf_keys(raw, family_of(cfg))
     model = BertModel(cfg, add_pooler=has_pooler(encoder_state), path=path)
     key_map = hf_key_map(cfg, model.pooler is not None)
     problems: list[str] = []
@@ -474,10 +480,10 @@ def load_lowrank(directory: str | os.PathLike[str], device: str | torch.device |
     head = build_head(encoder, task, max(len(labels), 1))
     head.load_head_state(heads, source=str(d))
     head.to(dev).eval()
-    tokenizer = WordPieceTokenizer.from_dir(d)
+    tokenizer = Tokenizer.from_dir(d)
     engine = Engine()
     engine.prepare(encoder, tokenizer, dev, str(d))
-    max_length = int(meta.get("max_length") or min(512, encoder.config.max_position_embeddings))
+    max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
     return TaskModel(head, tokenizer, task, labels, max_length, d, engine)
 
 

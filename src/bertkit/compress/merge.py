@@ -23,8 +23,10 @@ Task vectors are float64: ``base + delta`` then reproduces the fine-tuned float3
 
 ``MultiHeadModel`` directory::
 
-    config.json, model.safetensors, tokenizer files   the merged encoder, HF BertModel layout
-    heads/<task>.safetensors                           classifier.weight (num_labels, hidden), classifier.bias
+    config.json, model.safetensors, tokenizer files   the merged encoder, its family's HF base-model layout
+    heads/<task>.safetensors                           the task head's own tensors under the family's HF names
+                                                       (BERT: classifier.weight / .bias; RoBERTa: classifier.dense.*
+                                                       and classifier.out_proj.*; ModernBERT: head.* + classifier.*)
     multihead.json                                     {"format": "bertkit-multihead", "version": 1, "tasks":
                                                         {name: {"task", "problem_type", "labels", "max_length",
                                                         "head"}}}
@@ -46,13 +48,15 @@ from torch import Tensor, nn
 
 from bertkit.data.features import Features
 from bertkit.data.tasks import TaskData
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine
 from bertkit.model.bert import BertModel
-from bertkit.model.heads import strip_task_keys
-from bertkit.model.weights import load_pretrained, read_state_dict, save_weights
+from bertkit.model.directory import inspect_model_dir, load_encoder
+from bertkit.model.families import family_of
+from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
+from bertkit.model.weights import read_state_dict, save_weights
 from bertkit.task_model import PROBLEM_TYPE, TaskModel, build_head
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 
@@ -60,9 +64,13 @@ METHODS = ("task_arithmetic", "dare")
 MANIFEST = "multihead.json"
 HEADS_DIR = "heads"
 _FORMAT = "bertkit-multihead"
-# Architecture settings that change what the weights compute without changing any tensor's shape.
-_ARCH_FIELDS = ("hidden_act", "position_embedding_type", "prenorm", "ffn_type", "rope_theta", "layer_norm_eps",
-                "use_bias", "final_norm", "pruned_heads")
+# Architecture settings that change what the weights compute without changing any tensor's shape (the family's
+# own included: positions, relative attention, windows), so models of two families never merge.
+_ARCH_FIELDS = ("model_type", "hidden_act", "position_embedding_type", "prenorm", "ffn_type", "rope_theta",
+                "layer_norm_eps", "use_bias", "final_norm", "pruned_heads", "position_offset", "embedding_projection",
+                "first_layer_attn_norm", "relative_attention", "pos_att_type", "position_buckets",
+                "max_relative_positions", "share_att_key", "norm_rel_ebd", "layer_types", "local_attention",
+                "local_rope_theta", "sinusoidal_positions")
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 ModelLike = BertModel | nn.Module | TaskModel | str | os.PathLike
@@ -75,7 +83,7 @@ def encoder_of(model: Any) -> BertModel:
     if isinstance(model, TaskModel):
         return model.head.encoder
     if isinstance(model, str | os.PathLike):
-        encoder, _ = load_pretrained(model)
+        encoder, _, _ = load_encoder(model, who="merging")
         strip_task_keys(encoder.config)
         return encoder
     encoder = getattr(model, "encoder", None)
@@ -196,7 +204,7 @@ class MultiHeadModel:
     predict/evaluate behave exactly as the task's own model would on this encoder.
     """
 
-    def __init__(self, encoder: BertModel, tokenizer: WordPieceTokenizer, tasks: Mapping[str, TaskModel]) -> None:
+    def __init__(self, encoder: BertModel, tokenizer: Tokenizer, tasks: Mapping[str, TaskModel]) -> None:
         if not tasks:
             raise ValueError("a MultiHeadModel needs at least one task")
         for name, tm in tasks.items():
@@ -210,7 +218,7 @@ class MultiHeadModel:
     @classmethod
     def from_task_models(cls, encoder: BertModel, models: Mapping[str, TaskModel],
                          device: str | torch.device | None = None) -> MultiHeadModel:
-        """Each model's classifier (copied) on ``encoder``; the tokenizers must be one and the same."""
+        """Each model's task head (its own parts, copied) on ``encoder``; the tokenizers must be one and the same."""
         if not models:
             raise ValueError("from_task_models needs at least one task model")
         first_name, first = next(iter(models.items()))
@@ -226,8 +234,7 @@ class MultiHeadModel:
         tasks = {}
         for name, tm in models.items():
             head = build_head(encoder, tm.task, tm.head.num_labels)
-            head.load_head_state({f"classifier.{k}": v for k, v in tm.head.classifier.state_dict().items()},
-                                 source=f"task {name!r}")
+            head.load_head_state(head_tensors(tm.head), source=f"task {name!r}")
             tasks[name] = TaskModel(head.to(dev).eval(), first.tokenizer, tm.task, tm.labels, tm.max_length,
                                     engine=engine)
         return cls(encoder, first.tokenizer, tasks)
@@ -259,8 +266,7 @@ class MultiHeadModel:
         manifest: dict[str, Any] = {"format": _FORMAT, "version": 1, "tasks": {}}
         for name, tm in self.task_models.items():
             rel = f"{HEADS_DIR}/{name}.safetensors"
-            state = {f"classifier.{k}": v.detach().cpu().contiguous().clone()
-                     for k, v in tm.head.classifier.state_dict().items()}
+            state = head_tensors(tm.head)
             with atomic_path(d / rel) as tmp:
                 save_file(state, str(tmp), metadata={"format": "pt"})
             manifest["tasks"][name] = {"task": tm.task, "problem_type": tm.head.problem_type, "labels": tm.labels,
@@ -279,9 +285,10 @@ class MultiHeadModel:
             raise CheckpointError(f"{d / MANIFEST}: not valid JSON ({e})") from None
         if manifest.get("format") != _FORMAT or not isinstance(manifest.get("tasks"), dict):
             raise CheckpointError(f"{d / MANIFEST}: expected format {_FORMAT!r} with a 'tasks' object")
-        encoder, _ = load_pretrained(d)
+        info = inspect_model_dir(d)
+        encoder, _, _ = load_encoder(info, who="a MultiHeadModel")
         strip_task_keys(encoder.config)
-        tokenizer = WordPieceTokenizer.from_dir(d)
+        tokenizer = Tokenizer.from_dir(info.weights_dir)
         dev = pick_device(device)
         engine = Engine()
         engine.prepare(encoder, tokenizer, dev, str(d))
@@ -299,9 +306,15 @@ class MultiHeadModel:
                 raise CheckpointError(f"{d / MANIFEST}: task {name!r}: head file {head_file} is missing")
             head = build_head(encoder, task, max(len(labels), 1))
             head.load_head_state(read_state_dict(head_file), source=str(head_file))
-            max_length = int(spec.get("max_length") or min(512, encoder.config.max_position_embeddings))
+            max_length = int(spec.get("max_length") or min(512, encoder.config.max_tokens))
             tasks[name] = TaskModel(head.to(dev).eval(), tokenizer, task, labels, max_length, d, engine)
         return cls(encoder, tokenizer, tasks)
+
+
+def head_tensors(head: SequenceClassifier | TokenClassifier) -> dict[str, Tensor]:
+    """A task head's own tensors (not the encoder's) under its family's HF names, as ``load_head_state`` reads them."""
+    prefix = family_of(head.encoder.config).prefix + "."
+    return {k: v for k, v in head.hf_state_dict().items() if not k.startswith(prefix)}
 
 
 def _check_task_name(name: str) -> None:
@@ -318,5 +331,5 @@ def merge_task_models(base: ModelLike, models: Mapping[str, TaskModel], weights:
     return MultiHeadModel.from_task_models(encoder, models, device=device)
 
 
-__all__ = ["METHODS", "MultiHeadModel", "check_compatible", "dare", "encoder_of", "merge", "merge_task_models",
-           "task_vectors"]
+__all__ = ["METHODS", "MultiHeadModel", "check_compatible", "dare", "encoder_of", "head_tensors", "merge",
+           "merge_task_models", "task_vectors"]

@@ -513,6 +513,10 @@ def _check_against_model(steps: list[Step], tm: TaskModel, start_state: str | No
                 if n is not None and c.keep[-1] >= n:
                     raise ConfigError(f"keep={c.keep}: layer {c.keep[-1]} does not exist; the model has layers "
                                       f"0..{n - 1} here")
+                try:  # a family whose layer 0 has no attention norm (ModernBERT) keeps its layer 0
+                    structured.check_first_layer(tm.head.encoder.config, c.keep)
+                except structured.PruningError as e:
+                    raise ConfigError(str(e)) from None
                 n = len(c.keep)
             elif step.kind == "lowrank" and n is not None:
                 bad = [e for e in c.layers if e.count(".") == 2 and int(e.split(".")[1]) >= n]
@@ -556,7 +560,7 @@ def run_pipeline(model: str | os.PathLike[str], recipe: CompressRecipe | dict[st
     original = load_model(model_dir, device=device, served=False)
     _check_against_model(steps, original, state, model_dir)
     if recipe.max_length is not None:
-        original.max_length = min(recipe.max_length, original.head.encoder.config.max_position_embeddings)
+        original.max_length = min(recipe.max_length, original.head.encoder.config.max_tokens)
     data, split_seed, source = _resolve_data(recipe, model_dir)
     fcfg = FinetuneConfig(task=original.task, **data, max_length=original.max_length,
                           training=TrainConfig(seed=split_seed))

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import Encoder, default_max_length, engine_options, pick_device
 from bertkit.errors import BertkitError, CheckpointError
 from bertkit.inference.engine import Engine, EngineOptions
@@ -63,7 +63,9 @@ from bertkit.inference.int8 import (
 )
 from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
-from bertkit.model.heads import _ARCHITECTURES, strip_task_keys
+from bertkit.model.families import family_of
+from bertkit.model.heads import strip_task_keys
+from bertkit.model.sentence import SentenceConfig
 from bertkit.model.weights import read_state_dict, write_safetensors
 from bertkit.task_model import TASK_FILE, TaskModel, build_head
 from bertkit.utils.atomic import atomic_write_text
@@ -73,7 +75,9 @@ log = logging.getLogger("bertkit")
 FORMAT = "bertkit-compressed"
 FORMAT_VERSION = 1
 BITS = (4, 8)
-DEFAULT_SKIP = ("pooler", "classifier")  # quantize_weights / prepare_qat: the encoder layers only, by default
+# quantize_weights / prepare_qat: the encoder layers only, by default (a task head's "dense" is RoBERTa's / DeBERTa's
+# / ModernBERT's classifier part, as BERT's pooler is)
+DEFAULT_SKIP = ("pooler", "classifier", "dense")
 # Static int8 on all-MiniLM-L6-v2, calibrated on the built-in sentences, 264 held-out BBC articles and tweets
 # (worst / mean cosine of embeddings to fp32): per-tensor scales without smoothing 0.959 / 0.981; smoothing
 # alpha 0.5 0.822 / 0.921 (the loss is mlp_out's, fed by GELU: static mlp_out alone 0.849), 0.8 0.989 / 0.997,
@@ -503,7 +507,7 @@ def calibration_runner(model: TaskModel | Encoder, texts: list[str] | None = Non
     """A function that runs ``model`` (encoder, pooler, and a TaskModel's classifier) over ``texts`` (default: the
     built-in 62 calibration sentences) in the engine's batches: ``quantize_static``'s ``calibration_batches_fn``."""
     encoder, tokenizer, engine = _encoder(model), model.tokenizer, model.engine
-    ids = tokenizer.encode(texts or calibration_texts(), max_length=encoder.config.max_position_embeddings).ids
+    ids = tokenizer.encode(texts or calibration_texts(), max_length=encoder.config.max_tokens).ids
 
     def run() -> None:
         device = next(encoder.parameters()).device
@@ -588,7 +592,7 @@ def quantize_static(model: Any, calibration_batches_fn: Callable[[], object] | N
     return done
 
 
-def quantize_dynamic(model: Any, tokenizer: WordPieceTokenizer | None = None, *, texts: list[str] | None = None,
+def quantize_dynamic(model: Any, tokenizer: Tokenizer | None = None, *, texts: list[str] | None = None,
                      keep: Iterable[str] = (), alpha: float = DEFAULT_ALPHA) -> list[str]:
     """Dynamic int8 (``inference/int8.quantize_encoder``: per-token activation scales, SmoothQuant smoothing
     calibrated on ``texts``), in place. ``tokenizer`` defaults to a TaskModel's / Encoder's own."""
@@ -729,7 +733,8 @@ def save_compressed(model: TaskModel | Encoder, directory: str | os.PathLike[str
     if isinstance(model, TaskModel):
         head = model.head
         labels = {i: name for i, name in enumerate(model.labels)} or {i: f"LABEL_{i}" for i in range(head.num_labels)}
-        extra.update({"architectures": [_ARCHITECTURES[head.kind]],
+        arch = family_of(encoder.config).architecture(encoder.config.model_type, head.kind)
+        extra.update({"architectures": [arch],
                       "id2label": {str(i): str(n) for i, n in labels.items()},
                       "label2id": {str(n): int(i) for i, n in labels.items()}, "problem_type": head.problem_type})
     dataclasses.replace(encoder.config, extra=extra).save(d)
@@ -742,6 +747,7 @@ def save_compressed(model: TaskModel | Encoder, directory: str | os.PathLike[str
         (d / TASK_FILE).unlink(missing_ok=True)  # a task file left from an earlier save would make this a task model
         atomic_write_text(d / "sentence_bert_config.json",
                           json.dumps({"max_seq_length": model.max_length, "do_lower_case": False}, indent=2) + "\n")
+        model.sentence.save(d, model.max_length)  # its pooling, Dense, Normalize and prompts, when it has them
     log.info("compressed checkpoint %s: %s, %d quantized layers, %d sparse tensors", d, section["scheme"],
              len(layers), len(sparse))
     return d
@@ -855,16 +861,17 @@ def load_compressed(directory: str | os.PathLike[str], device: str | torch.devic
     if dequantize:
         dequantize_model(module)
 
-    tokenizer = WordPieceTokenizer.from_dir(d)
+    tokenizer = Tokenizer.from_dir(d)
     eng = Engine(options)
     dev = pick_device(device)
     module.to(dev).eval()
     eng.prepare(encoder, tokenizer, dev, str(d))
     if is_task:
-        max_length = int(meta.get("max_length") or min(512, cfg.max_position_embeddings))
+        max_length = int(meta.get("max_length") or min(512, cfg.max_tokens))
         return TaskModel(module, tokenizer, task, labels, max_length, d, eng)
-    enc = Encoder(encoder, tokenizer, default_max_length(d, cfg.max_position_embeddings), name=str(d),
+    enc = Encoder(encoder, tokenizer, default_max_length(d, cfg.max_tokens), name=str(d),
                   source_dir=d, engine=eng)
+    enc.sentence = SentenceConfig.read(d, cfg.hidden_size)
     return enc
 
 

@@ -19,6 +19,13 @@ positions in the layer's current FFN (a layer keeps no record of its original wi
 
 **Floor.** A layer keeps at least one head and one neuron; remove whole layers with ``drop_layers``.
 
+**Families.** Heads carry their positions along: DeBERTa's per-layer position projections (``pos_k`` / ``pos_q``)
+lose the same rows as q, k and v (with ``share_att_key`` they are q and k), MPNet's shared bucket bias and ALiBi's
+slopes are looked up by the kept heads' original ids (``Layer.head_ids``). GLU FFNs (ModernBERT) lose a neuron's
+gate and up rows together. ``drop_layers`` slices ModernBERT's ``layer_types``; a family whose layer 0 has no
+attention norm (``first_layer_attn_norm=False``) keeps the model exact by marking the new first layer as having one
+when the family can write that down (bertkit's own ``bert`` layout), and refuses otherwise (ModernBERT: keep layer 0).
+
 **prune_to_speedup** is ZipLM's idea (Kurtic et al. 2023) in its simplest form: prune a fraction of the
 remaining heads and neurons by importance, measure the real latency on this machine, repeat until
 baseline_time / time reaches the target.
@@ -29,6 +36,7 @@ float model: int8 layers (``inference/int8.py``) are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -40,10 +48,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, ConfigError
 from bertkit.inference.engine import Engine
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel, Layer
+from bertkit.model.config import EncoderConfig
+from bertkit.model.families import hf_config
 
 log = logging.getLogger("bertkit")
 
@@ -195,7 +205,8 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> nn.Modu
             raise PruningError(f"prune_heads: would remove every head of layer {layer_id} ({len(ids)} of "
                                f"{layer.num_heads}); a layer keeps at least one (drop_layers removes a layer)")
         if ids:
-            _check_plain(layer, layer_id, ("Wqkv", "attn_out"))
+            _check_plain(layer, layer_id, ("Wqkv", "attn_out", *(n for n in ("pos_k", "pos_q")
+                                                                 if getattr(layer, n) is not None)))
             todo[layer_id] = ids
     for layer_id, ids in todo.items():
         layer = enc.layers[layer_id]
@@ -254,13 +265,33 @@ def drop_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
         raise PruningError(f"drop_layers: layer {bad[0]} does not exist; the model has layers 0..{len(enc.layers) - 1}")
     if keep != sorted(set(keep)):
         raise PruningError(f"drop_layers: keep must list layers in increasing order, each once; got {keep}")
+    new_first_norm = check_first_layer(cfg, keep)
     enc.layers = nn.ModuleList(enc.layers[i] for i in keep)
     cfg.pruned_heads = {new: cfg.pruned_heads[old] for new, old in enumerate(keep) if old in cfg.pruned_heads}
     if cfg.intermediate_sizes is not None:
         cfg.intermediate_sizes = [cfg.intermediate_sizes[i] for i in keep]
+    if cfg.layer_types is not None:
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    if new_first_norm:
+        cfg.first_layer_attn_norm = True
     cfg.num_hidden_layers = len(keep)
     cfg.validate()
     return model
+
+
+def check_first_layer(cfg: EncoderConfig, keep: Sequence[int]) -> bool:
+    """Whether keeping layers ``keep`` gives a pre-norm model without layer 0's missing attention norm a first layer
+    that has one (then ``first_layer_attn_norm`` must become true); PruningError if the family cannot write that
+    down (ModernBERT: its config has no such setting, so the saved model would load without the norm)."""
+    if not (cfg.prenorm and not cfg.first_layer_attn_norm and keep and keep[0] != 0):
+        return False
+    try:
+        hf_config(dataclasses.replace(cfg, first_layer_attn_norm=True, extra=dict(cfg.extra)))
+    except ConfigError:
+        raise PruningError(f"drop_layers: keep={list(keep)} drops layer 0, but a {cfg.model_type} model's first "
+                           "layer has no attention norm (first_layer_attn_norm=false) and every later layer has one, "
+                           "which the family's config cannot express: keep layer 0") from None
+    return True
 
 
 def _layer(enc: BertModel, layer_id: Any, who: str) -> Layer:
@@ -292,6 +323,9 @@ def _slice_heads(layer: Layer, keep: list[int], head_dim: int) -> None:
     rows = torch.cat([within + j * a for j in range(3)])  # the same heads' rows of q, k and v
     layer.Wqkv = _slice_linear(layer.Wqkv, rows, dim=0)
     layer.attn_out = _slice_linear(layer.attn_out, within, dim=1)
+    for name in ("pos_k", "pos_q"):  # DeBERTa's own projections of the relative embeddings, head-major as q / k
+        if getattr(layer, name) is not None:
+            setattr(layer, name, _slice_linear(getattr(layer, name), within, dim=0))
     layer.head_ids = [layer.head_ids[j] for j in keep]
     layer.num_heads = len(keep)
 
@@ -408,7 +442,7 @@ def latency_measure(batch_size: int = 32, max_length: int = 128, runs: int = 5,
         device = next(enc.parameters()).device
         if not batch:
             g = torch.Generator().manual_seed(seed)
-            n = min(max_length, cfg.max_position_embeddings)
+            n = min(max_length, cfg.max_tokens)
             lengths = torch.randint(max(1, n // 4), n + 1, (batch_size,), generator=g).sort(descending=True).values
             batch["lengths"] = lengths.tolist()
             batch["ids"] = torch.randint(0, cfg.vocab_size, (int(lengths.sum()),), generator=g)

@@ -12,7 +12,8 @@ Sources (``iter_documents``):
 The token cache (``build_token_cache``) is a folder of ``tokens.npy`` (every document's ids, concatenated),
 ``doc_offsets.npy`` (where each document starts, plus the end) and ``meta.json`` (what it was built from); a
 cache built from the same sources with the same tokenizer is reused. ``PackedSequences`` cuts the token stream
-``doc1 [SEP] doc2 [SEP] ...`` into rows of ``[CLS]`` + ``max_length - 1`` tokens, across document boundaries.
+``doc1 [SEP] doc2 [SEP] ...`` into rows of ``[CLS]`` + ``max_length - 1`` tokens, across document boundaries;
+[CLS] and [SEP] stand for the tokenizer's own (``<s>`` and ``</s>`` for RoBERTa-style vocabularies).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bertkit.data.text_files import json_object
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.errors import BertkitError, ConfigError, InputFileError
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 
@@ -245,7 +246,7 @@ def _stale_reason(meta: dict, wanted: dict) -> str | None:
     return None
 
 
-def build_token_cache(sources: Iterable[str | os.PathLike[str]], tokenizer: WordPieceTokenizer,
+def build_token_cache(sources: Iterable[str | os.PathLike[str]], tokenizer: Tokenizer,
                       cache_dir: str | os.PathLike[str], batch_docs: int = 1000) -> TokenCache:
     """Tokenize ``sources`` into ``cache_dir`` once; reuse the cache while sources and tokenizer are the same.
 

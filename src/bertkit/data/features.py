@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from bertkit.data.tasks import TaskData
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.model.attention import Packing
 
 IGNORE = -100
@@ -62,7 +62,7 @@ class PackedBatch:
             labels=None if self.labels is None else self.labels.to(device))
 
 
-def featurize(data: TaskData, tokenizer: WordPieceTokenizer, max_length: int,
+def featurize(data: TaskData, tokenizer: Tokenizer, max_length: int,
               label2id: dict[str, int] | None) -> Features:
     """Tokenize a dataset and turn its labels into ids; ``label2id`` None skips the labels."""
     if data.task == "ner":

@@ -1,9 +1,11 @@
 """Masked-language-model inputs: which tokens to predict, and what the encoder sees in their place.
 
 BERT's recipe: each non-special token is chosen with probability ``rate``; a chosen token is replaced by
-``[MASK]`` 80% of the time, by a random token 10% and kept 10%. MosaicBERT measured ``rate=0.3``
-better than BERT's 0.15 for the same compute, so 0.3 is our default. With ``whole_word`` the choice is
-made per word (a word-start piece plus its ``##`` continuations) and covers all its pieces.
+the mask token (``[MASK]``, ``<mask>``, ...) 80% of the time, by a random token 10% and kept 10%. MosaicBERT
+measured ``rate=0.3`` better than BERT's 0.15 for the same compute, so 0.3 is our default. With ``whole_word``
+the choice is made per word (a word-start piece plus its continuations: WordPiece's ``##`` pieces, or for
+byte-level BPE and SentencePiece the pieces without the ``Ġ`` / ``▁`` word-start marker) and covers all its
+pieces.
 
 The random draws of sequence ``g`` in epoch ``e`` come from ``default_rng([seed, e, g])`` alone, so a
 sequence is masked the same way whichever rank, batch or resume it lands in: what makes a 2-process
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -44,19 +46,18 @@ class VocabInfo:
 
     size: int
     mask_id: int
-    special: np.ndarray  # (vocab,) bool: never chosen ([CLS], [SEP], [PAD], ...)
-    continuation: np.ndarray  # (vocab,) bool: a '##' piece that continues the previous token's word
+    special: np.ndarray  # (vocab,) bool: never chosen (the tokenizer's special tokens: [CLS], <s>, [PAD], ...)
+    continuation: np.ndarray  # (vocab,) bool: a piece that continues the previous token's word
 
     @classmethod
-    def from_tokenizer(cls, tok: WordPieceTokenizer) -> VocabInfo:
+    def from_tokenizer(cls, tok: Tokenizer) -> VocabInfo:
         n = tok.vocab_size
+        mask_id = tok.require_mask_id("masked-language-model training")
         special = np.zeros(n, dtype=bool)
-        special[[tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id, tok.unk_id]] = True
+        special[sorted(tok.special_ids)] = True
         continuation = np.zeros(n, dtype=bool)
-        for token, i in tok._tok.get_vocab().items():
-            if token.startswith("##"):
-                continuation[i] = True
-        return cls(n, tok.mask_id, special, continuation)
+        continuation[tok.continuation_ids()] = True
+        return cls(n, mask_id, special, continuation)
 
 
 @dataclass

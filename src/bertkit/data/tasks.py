@@ -20,7 +20,7 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -426,24 +426,33 @@ def check_known_labels(train: TaskData, other: TaskData) -> None:
         raise ValueError(f"{other.source} is {other.task} data, {train.source} is {train.task}")
     if train.task == "regression":
         return
+    check_labels_among(other, train.label_names(), f"never seen in the training data ({train.source})",
+                       "a model cannot learn them")
+
+
+def check_labels_among(data: TaskData, known: Collection[str], what: str, consequence: str) -> None:
+    """Fail if `data` holds classes or tags outside `known`, naming each with the line (or row) it first occurs
+    at; `what` says where they are missing from ("not among the model's labels (a, b)")."""
+    if data.task == "regression":
+        return
+
     def names(label: object) -> list:
         return [label] if isinstance(label, str) else list(label)
 
-    known = {name for label in train.labels for name in names(label)}
+    known = set(known)
     first: dict[str, int] = {}
-    for i, label in enumerate(other.labels):
+    for i, label in enumerate(data.labels):
         for name in names(label):
             if name not in known:
                 first.setdefault(name, i)
     if not first:
         return
     listed = ", ".join(
-        f"{name!r} (first at {other.where[i] if other.where else f'example {i + 1}'})"
+        f"{name!r} (first at {data.where[i] if data.where else f'example {i + 1}'})"
         for name, i in sorted(first.items(), key=lambda item: item[1])[:10])
     more = f" and {len(first) - 10} more" if len(first) > 10 else ""
-    kind = "tags" if train.task == "ner" else "labels"
-    raise InputFileError(other.source, f"{len(first)} {kind} never seen in the training data ({train.source}): "
-                                       f"{listed}{more}; a model cannot learn them")
+    kind = "tags" if data.task == "ner" else "labels"
+    raise InputFileError(data.source, f"{len(first)} {kind} {what}: {listed}{more}; {consequence}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,7 +482,8 @@ def _load_tweets() -> TaskData:
     except FileNotFoundError:
         raise InputFileError(path, f"file not found; reinstall {TWEETS_REQUIREMENT}") from None
     columns = ["text", "sentiment"]
-    data = _examples(path, "classification", read_records(path, lines, ".csv", columns), columns, "|", True)
+    records = read_records(path, lines, ".csv", columns, multiline_ok=True)  # tweets with line breaks
+    data = _examples(path, "classification", records, columns, "|", True)
     # the corpus repeats tweets, some of them under different labels: keep one copy of each consistent tweet
     labels_of: dict[str, set[str]] = defaultdict(set)
     for text, label in zip(data.texts, data.labels, strict=True):

@@ -2,7 +2,9 @@
 
 ``.txt``   one text per line (an empty line is an empty text, so row i of the output is line i)
 ``.jsonl`` one JSON object per line with a text field (default ``text``); blank lines are skipped
-``.csv``   a header row and a text column (default ``text``); ``.tsv`` the same, tab-separated
+``.csv``   a header row and a text column (default ``text``); ``.tsv`` the same, tab-separated. Parsed
+           strictly: an unbalanced quote is an error naming the line its row starts on, and rows whose quoted
+           cells span lines (so that row i is no longer line i) are logged as a warning naming those lines
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
 from bertkit.errors import InputFileError
+
+log = logging.getLogger("bertkit")
 
 TEXT_FORMATS = (".txt", ".jsonl", ".csv", ".tsv")
 
@@ -70,10 +75,11 @@ def json_object(path: Path, line: str, n: int) -> dict:
 
 
 def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
-                 required: bool = False) -> list[tuple[str, list[object]]]:
+                 required: bool = False, multiline_ok: bool = False) -> list[tuple[str, list[object]]]:
     """Rows of a .csv/.tsv/.jsonl file as ("line N", values of ``columns``).
 
     A JSON object without one of the fields gives None there, or an error at its line when ``required``.
+    ``multiline_ok``: the file is known to hold quoted cells with line breaks (no warning about them).
     """
     records: list[tuple[str, list[object]]] = []
     if suffix == ".jsonl":
@@ -92,7 +98,9 @@ def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
             if records and c not in seen:
                 raise InputFileError(path, f"no field {c!r} in any object (fields: {', '.join(seen) or 'none'})")
         return records
-    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter="\t" if suffix == ".tsv" else ",")
+    # strict: a quote left open swallows the following lines into one cell and shifts every later row; strict
+    # parsing turns most such files into an error (text after a closing quote, or a quote open at the end)
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter="\t" if suffix == ".tsv" else ",", strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -101,6 +109,7 @@ def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
         if c not in header:
             raise InputFileError(path, f"no column {c!r} in the header (columns: {', '.join(header)})", line=1)
     index = [header.index(c) for c in columns]
+    spanning: list[int] = []  # rows whose quoted cells hold line breaks: legitimate, or an unbalanced quote
     while True:
         start = reader.line_num + 1  # a quoted cell may span lines: report the line the row starts on
         try:
@@ -108,10 +117,19 @@ def read_records(path: Path, lines: list[str], suffix: str, columns: list[str],
         except StopIteration:
             break
         except csv.Error as e:
-            raise InputFileError(path, f"malformed CSV ({e})", line=start) from None
+            raise InputFileError(path, f"malformed CSV ({e}): a quote opened in the row starting here is not "
+                                       f"closed, or a quoted field has text after its closing quote; the file "
+                                       f"stops parsing at line {reader.line_num}", line=start) from None
+        if reader.line_num > start:
+            spanning.append(start)
         if not row:
             continue
         if max(index) >= len(row):
             raise InputFileError(path, f"row has {len(row)} fields, the header has {len(header)}", line=start)
         records.append((f"line {start}", [row[i] for i in index]))
+    if spanning and not multiline_ok:
+        where = ", ".join(map(str, spanning[:5])) + (f" and {len(spanning) - 5} more" if len(spanning) > 5 else "")
+        log.warning("%s: %d row(s) span several lines (quoted cells with line breaks), starting at line(s) %s; "
+                    "%d rows come from %d lines. If that is not intended, a quote is unbalanced there.",
+                    path, len(spanning), where, len(records), len(lines) - 1)
     return records

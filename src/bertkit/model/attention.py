@@ -1,17 +1,21 @@
 """Attention over a fused QKV projection, in three execution paths.
 
-``reference``  eager softmax(QK^T / sqrt(d) + additive mask) V over the padded batch: the readable
+``reference``  eager softmax(scale * QK^T + bias + additive mask) V over the padded batch: the readable
                yardstick the other two are tested against (and HF transformers' "eager").
-``sdpa``       ``torch.nn.functional.scaled_dot_product_attention`` over the padded batch with a
-               boolean key mask (HF transformers' "sdpa").
-``unpadded``   tokens of all sequences packed into ``(total_tokens, 3 * hidden)``; attention runs
-               once per *run* of consecutive equal-length sequences, so no padding exists anywhere.
-               Length-sorted batches are mostly one or two runs, i.e. a few large batched matmuls;
-               unsorted batches degrade to one small matmul pair per sequence.
+``sdpa``       ``torch.nn.functional.scaled_dot_product_attention`` over the padded batch with a boolean
+               key mask, or a float one when the scores carry a position bias (HF transformers' "sdpa").
+``unpadded``   tokens of all sequences packed into ``(total_tokens, 3 * hidden)``; attention runs once per
+               *run* of consecutive equal-length sequences, so no padding exists anywhere. Length-sorted
+               batches are mostly one or two runs, i.e. a few large batched matmuls; unsorted batches
+               degrade to one small matmul pair per sequence.
 
-Relative positions (``position_embedding_type`` rope / alibi) enter here: ``rope`` is the
-``(cos, sin)`` table for positions 0..L-1, rotating q and k; ``alibi`` is the ``(heads, L, L)``
-score bias. Positions restart at 0 in every sequence, so every path slices the same tables.
+Positions enter through two arguments that ``positions.py`` builds (see there): ``rope``, the ``(cos, sin)``
+table rotating q and k, and ``bias``, a function of q and k giving an additive score term (ALiBi, MPNet's bucket
+bias, DeBERTa's disentangled scores, a sliding window). Positions restart at 0 in every sequence, so every path
+uses the same tables, sliced to its length. ``scale`` multiplies q.k (1 / sqrt(head_dim); DeBERTa's is smaller).
+
+Each path is one function (``ATTENTION[path]``); the model picks it once per forward and hands it to the layers,
+which never look at the path's name.
 
 On this CPU (torch 2.13, head_dim 32) an explicit matmul-softmax-matmul per run measured faster than
 SDPA per run (6 vs 11 ms for 32 unsorted sequences of 8-128 tokens, see benchmarks/README), so the
@@ -21,7 +25,7 @@ unpadded path uses it; the kernel is logged once when first used.
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bertkit.model.dropout import dropout
+from bertkit.model.positions import (  # noqa: F401  (re-exported: the position helpers lived here before)
+    Rope,
+    ScoreBias,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    rope_cos_sin,
+)
 
 log = logging.getLogger("bertkit")
 
@@ -66,6 +78,10 @@ class Packing:
     def batch_size(self) -> int:
         return len(self.lengths)
 
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths)
+
     @classmethod
     def from_lengths(cls, lengths: list[int], device: torch.device | str = "cpu") -> Packing:
         if not lengths or min(lengths) < 1:
@@ -94,69 +110,30 @@ class Packing:
         return torch.arange(self.total_tokens, device=seg.device) - self.cu_seqlens[seg]
 
 
-# ---- relative positions ---------------------------------------------------------------------
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """RoPE tables, GPT-NeoX / ModernBERT layout: positions (...,) -> cos, sin each (..., head_dim).
-
-    Frequency f_i = theta^(-2i / head_dim) for i < head_dim / 2, repeated for both halves of the head.
-    """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., head_dim / 2)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate q and k (..., seq, head_dim) by their positions' angles; cos, sin (seq, head_dim)."""
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # tables are fp32; keep q's dtype under autocast
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def alibi_slopes(num_heads: int) -> Tensor:
-    """(heads,) ALiBi slopes (Press et al. 2022): 2^(-8/n), 2^(-16/n), ... for n a power of two; otherwise
-    those of the nearest lower power of two, then every other slope of the next power (as MosaicBERT)."""
-    def power_of_2(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    n = 2 ** math.floor(math.log2(num_heads))
-    slopes = power_of_2(n) + power_of_2(2 * n)[0::2][: num_heads - n]
-    return torch.tensor(slopes, dtype=torch.float32)
-
-
-def alibi_bias(slopes: Tensor, length: int) -> Tensor:
-    """Symmetric encoder ALiBi (MosaicBERT): slopes (heads,) -> (heads, length, length) of -slope * |i - j|."""
-    pos = torch.arange(length, device=slopes.device)
-    distance = (pos[None, :] - pos[:, None]).abs().to(slopes.dtype)  # (length, length)
-    return -slopes[:, None, None] * distance
-
-
-# ---- attention --------------------------------------------------------------------------------
+# ---- the three paths --------------------------------------------------------------------------------
 def padded_attention(qkv: Tensor, mask: Tensor, num_heads: int, kernel: str, dropout_p: float = 0.0,
-                     rope: tuple[Tensor, Tensor] | None = None, alibi: Tensor | None = None) -> Tensor:
+                     rope: Rope | None = None, bias: ScoreBias | Tensor | None = None,
+                     scale: float | None = None) -> Tensor:
     """Attention over a padded batch.
 
-    qkv:   (batch, seq, 3 * hidden)
+    qkv:   (batch, seq, 3 * heads * head_dim)
     mask:  (batch, seq) bool, True where the token is real
     rope:  (cos, sin) each (>= seq, head_dim), or None
-    alibi: (heads, >= seq, >= seq) score bias, or None
-    returns (batch, seq, hidden)
+    bias:  a score bias (``positions.ScoreBias``), or a (heads, >= seq, >= seq) tensor, or None
+    scale: multiplier of q.k (default 1 / sqrt(head_dim))
+    returns (batch, seq, heads * head_dim)
     """
     b, s, three_h = qkv.shape
     hd = three_h // (3 * num_heads)
+    scale = hd ** -0.5 if scale is None else scale
     q, k, v = qkv.view(b, s, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, hd)
     if rope is not None:
         q, k = apply_rope(q, k, rope[0][:s], rope[1][:s])
-    bias = None if alibi is None else alibi[:, :s, :s].to(q.dtype)  # (heads, seq, seq)
+    extra = _bias_term(bias, q, k)  # broadcastable to (batch, heads, seq, seq), or None
     if kernel == "reference":
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # (batch, heads, seq, seq)
-        if bias is not None:
-            scores = scores + bias
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (batch, heads, seq, seq)
+        if extra is not None:
+            scores = scores + extra
         # Additive mask with the dtype's minimum, exactly as BERT / HF "eager" build it.
         additive = (~mask)[:, None, None, :].to(scores.dtype) * torch.finfo(scores.dtype).min
         probs = torch.softmax(scores + additive, dim=-1)
@@ -164,39 +141,46 @@ def padded_attention(qkv: Tensor, mask: Tensor, num_heads: int, kernel: str, dro
         ctx = torch.matmul(probs, v)
     elif kernel == "sdpa":
         attn_mask = mask[:, None, None, :]  # (batch, 1, 1, seq) bool
-        if bias is not None:  # SDPA takes one mask: the float bias with padded keys at the dtype's minimum
-            attn_mask = bias.masked_fill(~attn_mask, torch.finfo(bias.dtype).min)  # (batch, heads, seq, seq)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        if extra is not None:  # SDPA takes one mask: the float bias with padded keys at the dtype's minimum
+            attn_mask = extra.expand(b, num_heads, s, s).masked_fill(~attn_mask, torch.finfo(extra.dtype).min)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     else:
         raise ValueError(f"unknown padded attention kernel {kernel!r}; expected 'reference' or 'sdpa'")
     return ctx.transpose(1, 2).reshape(b, s, num_heads * hd)
 
 
 def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p: float = 0.0,
-                       rope: tuple[Tensor, Tensor] | None = None, alibi: Tensor | None = None) -> Tensor:
+                       rope: Rope | None = None, bias: ScoreBias | Tensor | None = None,
+                       scale: float | None = None) -> Tensor:
     """Attention over packed tokens, one batched matmul pair per run of equal-length sequences.
 
-    qkv: (total_tokens, 3 * hidden)
-    rope, alibi: as for ``padded_attention``, covering the longest sequence
-    returns (total_tokens, hidden)
+    qkv: (total_tokens, 3 * heads * head_dim)
+    rope, bias, scale: as for ``padded_attention``, covering the longest sequence
+    returns (total_tokens, heads * head_dim)
     """
     t, three_h = qkv.shape
     hd = three_h // (3 * num_heads)
-    scale = 1.0 / math.sqrt(hd)
+    scale = hd ** -0.5 if scale is None else scale
     qkv = qkv.view(t, 3, num_heads, hd)
     ctx = qkv.new_empty(t, num_heads, hd)
-    for start, n, length in _split_runs(packing.runs, num_heads):
+    for start, n, length in split_runs(packing.runs, num_heads):
         end = start + n * length
-        # One copy into (3, n * heads, length, hd) so both bmm calls read contiguous blocks.
-        q, k, v = (qkv[start:end].view(n, length, 3, num_heads, hd)
-                   .permute(2, 0, 3, 1, 4).reshape(3, n * num_heads, length, hd))
+        # One copy into (3, n, heads, length, hd) so the matmuls read contiguous blocks.
+        block = qkv[start:end].view(n, length, 3, num_heads, hd).permute(2, 0, 3, 1, 4)
         # Every sequence of a run spans positions 0..length-1, so the tables' first rows serve them all.
-        if rope is not None:
+        if rope is None:
+            q, k, v = block.contiguous()
+        elif torch.is_grad_enabled():
+            q, k, v = block.contiguous()
             q, k = apply_rope(q, k, rope[0][:length], rope[1][:length])
+        else:  # inference: rotate while copying, no temporaries (rope was ~30% of ModernBERT's time)
+            q, k, v = _rope_copy(block, rope[0][:length], rope[1][:length])
+        extra = _bias_term(bias, q, k)  # computed on (n, heads, L, hd) views before flattening
+        q, k, v = (x.reshape(n * num_heads, length, hd) for x in (q, k, v))
         scores = torch.baddbmm(q.new_empty(n * num_heads, length, length), q, k.transpose(1, 2),
                                beta=0.0, alpha=scale)  # (n * heads, length, length)
-        if alibi is not None:
-            scores.view(n, num_heads, length, length).add_(alibi[:, :length, :length].to(scores.dtype))
+        if extra is not None:
+            scores.view(n, num_heads, length, length).add_(extra)
         probs = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
             probs = dropout(probs, dropout_p)
@@ -205,10 +189,64 @@ def unpadded_attention(qkv: Tensor, packing: Packing, num_heads: int, dropout_p:
     return ctx.view(t, num_heads * hd)
 
 
-def _split_runs(runs: list[tuple[int, int, int]], num_heads: int) -> list[tuple[int, int, int]]:
+def _rope_copy(block: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """block (3, n, heads, L, hd) [q; k; v] of any strides -> a contiguous copy with q and k rotated by rope.
+
+    ``apply_rope``'s x * cos + rotate_half(x) * sin written half by half into the copy (the tables repeat their
+    first half): no rotate_half / cat / product temporaries. No autograd (``out=``), so inference only.
+    """
+    out = torch.empty(block.shape, dtype=block.dtype, device=block.device)
+    out[2].copy_(block[2])
+    half = block.shape[-1] // 2
+    c, s = cos[:, :half].to(block.dtype), sin[:, :half].to(block.dtype)  # (L, hd / 2)
+    x1, x2 = block[:2, ..., :half], block[:2, ..., half:]
+    lo, hi = out[:2, ..., :half], out[:2, ..., half:]
+    torch.mul(x1, c, out=lo)
+    lo.addcmul_(x2, s, value=-1.0)  # x1 cos - x2 sin
+    torch.mul(x2, c, out=hi)
+    hi.addcmul_(x1, s)  # x2 cos + x1 sin
+    return out
+
+
+def _bias_term(bias: ScoreBias | Tensor | None, q: Tensor, k: Tensor) -> Tensor | None:
+    """The additive score term for q, k (n, heads, L, hd): a ScoreBias is called; a (heads, >=L, >=L) tensor
+    (ALiBi as earlier callers pass it) is sliced."""
+    if bias is None:
+        return None
+    if isinstance(bias, Tensor):
+        length = q.shape[-2]
+        return bias[..., :length, :length].to(q.dtype)
+    return bias(q, k)
+
+
+def split_runs(runs: list[tuple[int, int, int]], num_heads: int) -> list[tuple[int, int, int]]:
+    """Runs (first_token, n_sequences, length) cut so one block's scores stay under ``SCORE_BLOCK_ELEMENTS``."""
     out = []
     for start, n, length in runs:
         step = max(1, SCORE_BLOCK_ELEMENTS // (num_heads * length * length))
         for i in range(0, n, step):
             out.append((start + i * length, min(step, n - i), length))
     return out
+
+
+_split_runs = split_runs  # deprecated name (compress/distill.py used it)
+
+
+# ---- one function per path, chosen once per forward ------------------------------------------------------
+# attend(qkv, num_heads, dropout_p, rope, bias, scale) -> context, with the batch layout bound in.
+Attend = Callable[[Tensor, int, float, "Rope | None", "ScoreBias | None", float], Tensor]
+
+
+def packed_attend(packing: Packing) -> Attend:
+    return lambda qkv, heads, p, rope, bias, scale: unpadded_attention(qkv, packing, heads, p, rope, bias, scale)
+
+
+def padded_attend(mask: Tensor, kernel: str) -> Attend:
+    return lambda qkv, heads, p, rope, bias, scale: padded_attention(qkv, mask, heads, kernel, p, rope, bias, scale)
+
+
+PATH_DETAIL = {
+    "reference": "padded batch, eager matmul-softmax-matmul attention with additive mask",
+    "sdpa": "padded batch, torch scaled_dot_product_attention with boolean mask (float with a position bias)",
+    "unpadded": "packed (total_tokens, hidden), attention per run of equal-length sequences, no padding",
+}

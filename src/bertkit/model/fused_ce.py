@@ -53,8 +53,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, (grad_b * s).to(b_dtype), None, None
 
 
-def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-    """mean_i CE(h_i W^T + b, t_i): h (n, hidden), weight (vocab, hidden), bias (vocab,), targets (n,) -> ()."""
+def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    """mean_i CE(h_i W^T + b, t_i): h (n, hidden), weight (vocab, hidden), bias (vocab,) or None, targets (n,)
+    -> ()."""
+    if bias is None:  # a decoder without bias (ModernBERT with decoder_bias false): a constant zero one
+        bias = weight.new_zeros(weight.shape[0], dtype=torch.float32)
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else torch.float32
     if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
         return F.cross_entropy(F.linear(h, weight, bias).float(), targets)

@@ -1,11 +1,15 @@
-"""Task heads on top of the encoder, laid out as transformers' BertFor* classes.
+"""Task heads on top of the encoder, laid out as each family's ``XxxFor*`` classes in transformers.
 
-``SequenceClassifier``  pooler output -> dropout -> Linear(hidden, num_labels)   (BertForSequenceClassification)
-``TokenClassifier``     token states  -> dropout -> Linear(hidden, num_labels)   (BertForTokenClassification)
+``SequenceClassifier``  pooled states -> [dense -> act -> norm] -> dropout -> Linear(hidden, num_labels)
+                        (``XxxForSequenceClassification``; BERT's dense + tanh is the encoder's own pooler)
+``TokenClassifier``     token states  -> [dense -> act -> norm] -> dropout -> Linear(hidden, num_labels)
+                        (``XxxForTokenClassification``; only ModernBERT has the dense part)
 
-Both run on the padding-free path: inputs are packed ``(total_tokens,)`` ids with a ``Packing``.
-Saved checkpoints use HF names (``bert.*`` + ``classifier.*``) and HF config keys (``id2label``,
-``label2id``, ``problem_type``, ``architectures``) so transformers loads them with the same predictions.
+Which parts exist, their HF names, the activation and the pooling (first token, or the mean for ModernBERT with
+``classifier_pooling: mean``) come from the family's ``ClassifierSpec`` (``model/families/``). Both heads run on the
+padding-free path: inputs are packed ``(total_tokens,)`` ids with a ``Packing``. Saved checkpoints use the family's
+names (``roberta.*`` + ``classifier.dense`` + ``classifier.out_proj`` ...) and HF config keys (``id2label``,
+``label2id``, ``problem_type``, ``architectures``), so transformers loads them with the same predictions.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from torch import Tensor, nn
 
 from bertkit.errors import CheckpointError
 from bertkit.model.attention import Packing
-from bertkit.model.bert import BertModel, Pooler
+from bertkit.model.bert import ACTIVATIONS, BertModel, Pooler, layer_norm
 from bertkit.model.config import EncoderConfig
 from bertkit.model.dropout import Dropout
-from bertkit.model.weights import hf_state_dict, write_safetensors
+from bertkit.model.families import ClassifierSpec, config_value, family_of, write_config
+from bertkit.model.pooling import segment_sum
+from bertkit.model.weights import prefixed_state_dict, write_safetensors
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-_TASK_KEYS = ("architectures", "id2label", "label2id", "problem_type")
+TASK_KEYS = ("architectures", "id2label", "label2id", "problem_type")
+_TASK_KEYS = TASK_KEYS  # deprecated name
+# Deprecated: BERT's class names only; ``family_of(cfg).architecture(model_type, kind)`` names every family's.
 _ARCHITECTURES = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification"}
 
 
@@ -37,7 +45,7 @@ def check_problem_type(problem_type: str) -> None:
 
 def strip_task_keys(cfg: EncoderConfig) -> None:
     """Drop the head keys ``save_pretrained`` adds to a config, leaving a plain encoder config."""
-    cfg.extra = {k: v for k, v in cfg.extra.items() if k not in _TASK_KEYS}
+    cfg.extra = {k: v for k, v in cfg.extra.items() if k not in TASK_KEYS}
 
 
 def task_loss(problem_type: str, logits: Tensor, labels: Tensor) -> Tensor:
@@ -54,6 +62,22 @@ def task_loss(problem_type: str, logits: Tensor, labels: Tensor) -> Tensor:
     return F.mse_loss(logits.float().squeeze(-1), labels.float())  # regression
 
 
+def pool_packed(h: Tensor, packing: Packing, pooling: str) -> Tensor:
+    """(total_tokens, hidden) -> (batch, hidden): the first token of each sequence, or the mean of its tokens."""
+    if pooling == "cls":
+        return h[packing.cu_seqlens[:-1]]
+    lengths = packing.cu_seqlens[1:] - packing.cu_seqlens[:-1]
+    return segment_sum(h, lengths) / lengths.to(h.dtype)[:, None]
+
+
+def pool_padded(h: Tensor, mask: Tensor, pooling: str) -> Tensor:
+    """(batch, seq, hidden), mask (batch, seq) -> (batch, hidden), as ``pool_packed`` (ONNX export uses it)."""
+    if pooling == "cls":
+        return h[:, 0]
+    m = mask.to(h.dtype)[..., None]
+    return (h * m).sum(1) / m.sum(1)
+
+
 class _Head(nn.Module):
     kind = ""
 
@@ -66,22 +90,57 @@ class _Head(nn.Module):
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
         cfg = encoder.config
+        self.family = family_of(cfg)
+        self.spec: ClassifierSpec = self.family.sequence if self.kind == "sequence" else self.family.token
         self.encoder = encoder
         self.num_labels = num_labels
         self.problem_type = problem_type
         p = cfg.classifier_dropout if dropout is None else dropout
         self.dropout = Dropout(cfg.hidden_dropout_prob if p is None else p)
-        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=cfg.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        h = cfg.hidden_size
+        spec = self.spec
+        self.dense = nn.Linear(h, h, bias=bool(config_value(cfg, spec.dense_bias))) if spec.dense else None
+        self.act = ACTIVATIONS[config_value(cfg, spec.activation)]
+        self.norm = layer_norm(cfg) if spec.norm else None
+        self.pooling = config_value(cfg, spec.pooling)
+        self.classifier = nn.Linear(h, num_labels)
+        for m in (self.dense, self.classifier):
+            if m is not None:
+                nn.init.normal_(m.weight, std=cfg.initializer_range)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def logits_from(self, x: Tensor) -> Tensor:
+        """Pooled (batch, hidden) or token (tokens, hidden) states -> logits (..., num_labels), any layout."""
+        if self.spec.uses_pooler:
+            x = self.encoder.pooler(x)  # BERT: dense + tanh, in the encoder
+        elif self.dense is not None:
+            if self.spec.dropout_first:
+                x = self.dropout(x)
+            x = self.act(self.dense(x))
+            if self.norm is not None:
+                x = self.norm(x)
+        return self.classifier(self.dropout(x))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return task_loss(self.problem_type, logits, labels)
 
+    # ---- the family's HF layout -------------------------------------------------------------
+    def _own_modules(self) -> dict[str, nn.Module]:
+        """HF name -> our module, for the head's own parts (not the encoder's)."""
+        spec = self.spec
+        out: dict[str, nn.Module] = {spec.out: self.classifier}
+        if self.dense is not None:
+            out[spec.dense] = self.dense
+        if self.norm is not None:
+            out[spec.norm] = self.norm
+        return out
+
     def hf_state_dict(self) -> dict[str, Tensor]:
-        state = {f"bert.{k}": v for k, v in hf_state_dict(self.encoder).items()}
-        for k, v in self.classifier.state_dict().items():
-            state[f"classifier.{k}"] = v.detach().cpu().contiguous().clone()
+        state = prefixed_state_dict(self.encoder)
+        for name, module in self._own_modules().items():
+            for k, v in module.state_dict().items():
+                state[f"{name}.{k}"] = v.detach().cpu().contiguous().clone()
         return state
 
     def save_pretrained(self, directory: str | os.PathLike[str], id2label: dict[int, str] | None = None) -> Path:
@@ -91,21 +150,21 @@ class _Head(nn.Module):
         labels = id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
         if len(labels) != self.num_labels:
             raise ValueError(f"id2label has {len(labels)} entries for {self.num_labels} labels")
+        cfg = self.encoder.config
         # A copy: the encoder's own config stays a plain encoder config.
-        cfg = dataclasses.replace(self.encoder.config, extra={
-            **self.encoder.config.extra,
-            "architectures": [_ARCHITECTURES[self.kind]],
+        cfg = dataclasses.replace(cfg, extra={
+            **cfg.extra,
             "id2label": {str(i): str(name) for i, name in labels.items()},
             "label2id": {str(name): int(i) for i, name in labels.items()},
             "problem_type": self.problem_type,
         })
-        cfg.save(d)
+        write_config(cfg, d, self.family.architecture(cfg.model_type, self.kind))
         write_safetensors(self.hf_state_dict(), d)
         return d
 
     def load_head_state(self, heads: dict[str, Tensor], source: str = "checkpoint") -> None:
-        """Fill the classifier from the ``classifier.*`` tensors of an HF checkpoint, strictly."""
-        want = {f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}
+        """Fill the head's own parts from the task-head tensors of an HF checkpoint, strictly."""
+        want = {f"{name}.{k}": v for name, m in self._own_modules().items() for k, v in m.state_dict().items()}
         missing = [k for k in want if k not in heads]
         if missing:
             raise CheckpointError(f"{source}: missing head tensors: {', '.join(missing)}")
@@ -125,14 +184,18 @@ class SequenceClassifier(_Head):
     def __init__(self, encoder: BertModel, num_labels: int, problem_type: str = "single_label_classification",
                  dropout: float | None = None) -> None:
         super().__init__(encoder, num_labels, problem_type, dropout)
-        if encoder.pooler is None:  # BertForSequenceClassification classifies the pooler output
+        if self.spec.uses_pooler and encoder.pooler is None:  # BertForSequenceClassification classifies its output
             encoder.pooler = Pooler(encoder.config)
             encoder.pooler.apply(encoder._init_weights)
+
+    def logits_from_states(self, h: Tensor, packing: Packing) -> Tensor:
+        """Packed token states (total_tokens, hidden) -> logits (batch, num_labels)."""
+        return self.logits_from(pool_packed(h, packing, self.pooling))
 
     def forward(self, input_ids: Tensor, packing: Packing, token_type_ids: Tensor | None = None) -> Tensor:
         """input_ids (total_tokens,) -> logits (batch, num_labels)."""
         h = self.encoder.forward_packed(input_ids, packing, token_type_ids)  # (total_tokens, hidden)
-        return self.classifier(self.dropout(self.encoder.pool(h, packing)))
+        return self.logits_from_states(h, packing)
 
 
 class TokenClassifier(_Head):
@@ -140,7 +203,9 @@ class TokenClassifier(_Head):
 
     kind = "token"
 
+    def logits_from_states(self, h: Tensor, packing: Packing | None = None) -> Tensor:
+        return self.logits_from(h)
+
     def forward(self, input_ids: Tensor, packing: Packing, token_type_ids: Tensor | None = None) -> Tensor:
         """input_ids (total_tokens,) -> logits (total_tokens, num_labels)."""
-        h = self.encoder.forward_packed(input_ids, packing, token_type_ids)
-        return self.classifier(self.dropout(h))
+        return self.logits_from(self.encoder.forward_packed(input_ids, packing, token_type_ids))

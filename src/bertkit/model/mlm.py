@@ -1,17 +1,18 @@
 """The masked-language-model head and the encoder + head pair pretraining trains.
 
 ``MLMHead``  h -> dense -> act -> LayerNorm -> h @ E^T + bias, with E the word embeddings (tied), as
-             transformers' ``BertOnlyMLMHead``. It runs on the masked rows only ("sparse prediction"):
+             transformers' ``BertOnlyMLMHead`` and every family's MLM head (names and activation from the
+             family's ``MLMSpec``: ``lm_head.*`` for RoBERTa, ``generator_predictions.*`` for ELECTRA ...).
+             It runs on the masked rows only ("sparse prediction"):
              with 30% masking and a 30k vocabulary the decoder is the single largest matmul of a MiniLM
              step, so skipping the unmasked 70% of rows saves most of it.
-``MaskedLM`` the encoder plus the head; saved in ``BertForMaskedLM`` layout (``bert.*`` +
-             ``cls.predictions.*``), so transformers loads it. A checkpoint without an MLM head (e.g.
-             all-MiniLM-L6-v2, a sentence model) gets a freshly initialised one, logged.
+``MaskedLM`` the encoder plus the head; saved in the family's ``XxxForMaskedLM`` layout (``bert.*`` +
+             ``cls.predictions.*``, ``roberta.*`` + ``lm_head.*`` ...), so transformers loads it. A checkpoint
+             without an MLM head (e.g. all-MiniLM-L6-v2, a sentence model) gets a freshly initialised one, logged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,28 +22,27 @@ from torch import Tensor, nn
 
 from bertkit.errors import CheckpointError
 from bertkit.model.attention import Packing
-from bertkit.model.bert import _ACTIVATIONS, BertModel
+from bertkit.model.bert import ACTIVATIONS, BertModel
+from bertkit.model.families import FAMILIES, MLMSpec, config_value, family_of, write_config
 from bertkit.model.fused_ce import linear_cross_entropy
-from bertkit.model.weights import hf_state_dict, load_pretrained, write_safetensors
+from bertkit.model.weights import load_pretrained, prefixed_state_dict, write_safetensors
 
 log = logging.getLogger("bertkit")
 
-HEAD_PREFIX = "cls.predictions."
-# (HF name, ours); the decoder weight is the word embedding matrix, so it is never stored twice.
-_HEAD_KEYS = [("transform.dense.weight", "dense.weight"), ("transform.dense.bias", "dense.bias"),
-              ("transform.LayerNorm.weight", "norm.weight"), ("transform.LayerNorm.bias", "norm.bias"),
-              ("bias", "bias")]
+HEAD_PREFIX = "cls.predictions."  # BERT's; other families' names are in their MLMSpec
+BERT_MLM = FAMILIES["bert"].mlm
 
 
 class MLMHead(nn.Module):
-    def __init__(self, hidden: int, out_hidden: int, act: str, eps: float, word_embeddings: nn.Embedding) -> None:
+    def __init__(self, hidden: int, out_hidden: int, act: str, eps: float, word_embeddings: nn.Embedding,
+                 dense_bias: bool = True, norm_bias: bool = True, decoder_bias: bool = True) -> None:
         """hidden: the encoder's width; out_hidden: the embedding width the decoder projects onto."""
         super().__init__()
-        self.dense = nn.Linear(hidden, out_hidden)
-        self.act = _ACTIVATIONS[act]
-        self.norm = nn.LayerNorm(out_hidden, eps=eps)
+        self.dense = nn.Linear(hidden, out_hidden, bias=dense_bias)
+        self.act = ACTIVATIONS[act]
+        self.norm = nn.LayerNorm(out_hidden, eps=eps, bias=norm_bias)
         self.word_embeddings = word_embeddings  # shared module, not a copy: the decoder is tied
-        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
+        self.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings)) if decoder_bias else None
 
     def transform(self, h: Tensor) -> Tensor:
         """(n_masked, hidden) -> (n_masked, out_hidden), the decoder's input."""
@@ -56,30 +56,46 @@ class MLMHead(nn.Module):
         """Mean cross-entropy of the logits against targets (n_masked,), without keeping the logits."""
         return linear_cross_entropy(self.transform(h), self.word_embeddings.weight, self.bias, targets)
 
-    def own_state(self) -> dict[str, Tensor]:
-        """The head's tensors under HF names (the tied decoder excluded)."""
-        ours = {"dense.weight": self.dense.weight, "dense.bias": self.dense.bias, "norm.weight": self.norm.weight,
-                "norm.bias": self.norm.bias, "bias": self.bias}
-        return {HEAD_PREFIX + hf: ours[o].detach().cpu().contiguous().clone() for hf, o in _HEAD_KEYS}
+    def _named(self, spec: MLMSpec) -> dict[str, Tensor]:
+        """HF name -> our tensor, the tied decoder excluded."""
+        ours = {f"{spec.dense}.{k}": v for k, v in self.dense.named_parameters()}
+        ours.update({f"{spec.norm}.{k}": v for k, v in self.norm.named_parameters()})
+        if self.bias is not None:
+            ours[spec.bias] = self.bias
+        return ours
 
-    def load_own_state(self, heads: dict[str, Tensor], source: str) -> None:
-        ours = {"dense.weight": self.dense.weight, "dense.bias": self.dense.bias, "norm.weight": self.norm.weight,
-                "norm.bias": self.norm.bias, "bias": self.bias}
+    def own_state(self, spec: MLMSpec = BERT_MLM) -> dict[str, Tensor]:
+        """The head's tensors under the family's HF names (the tied decoder excluded)."""
+        return {k: v.detach().cpu().contiguous().clone() for k, v in self._named(spec).items()}
+
+    def load_own_state(self, heads: dict[str, Tensor], source: str, spec: MLMSpec = BERT_MLM) -> None:
         with torch.no_grad():
-            for hf, o in _HEAD_KEYS:
-                src = heads.get(HEAD_PREFIX + hf)
-                if src is None and hf == "bias":  # older checkpoints keep it as the decoder's bias
-                    src = heads.get(HEAD_PREFIX + "decoder.bias")
+            for hf, dst in self._named(spec).items():
+                src = heads.get(hf)
+                if src is None and hf == spec.bias and spec.decoder_bias:  # older checkpoints: the decoder's bias
+                    src = heads.get(spec.decoder_bias)
                 if src is None:
-                    raise CheckpointError(f"{source}: MLM head tensor '{HEAD_PREFIX + hf}' is missing")
-                if tuple(src.shape) != tuple(ours[o].shape):
-                    raise CheckpointError(f"{source}: tensor '{HEAD_PREFIX + hf}' has shape {tuple(src.shape)}, "
-                                          f"expected {tuple(ours[o].shape)}")
-                ours[o].copy_(src)
+                    raise CheckpointError(f"{source}: MLM head tensor '{hf}' is missing")
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise CheckpointError(f"{source}: tensor '{hf}' has shape {tuple(src.shape)}, "
+                                          f"expected {tuple(dst.shape)}")
+                dst.copy_(src)
 
 
-def has_mlm_head(heads: dict[str, Tensor]) -> bool:
-    return any(k.startswith(HEAD_PREFIX) for k in heads)
+def has_mlm_head(heads: dict[str, Tensor], spec: MLMSpec = BERT_MLM) -> bool:
+    return f"{spec.dense}.weight" in heads
+
+
+def mlm_head_for(encoder: BertModel) -> MLMHead:
+    """A new MLM head in the layout of the encoder's family (``MLMSpec``), tied to its word embeddings."""
+    cfg = encoder.config
+    spec = family_of(cfg).mlm
+    width = cfg.embedding_width if spec.width == "embedding" else cfg.hidden_size
+    head = MLMHead(cfg.hidden_size, width, config_value(cfg, spec.activation), cfg.layer_norm_eps,
+                   encoder.embeddings.word, dense_bias=bool(config_value(cfg, spec.dense_bias)),
+                   norm_bias=cfg.norm_bias, decoder_bias=bool(config_value(cfg, spec.has_bias)))
+    head.dense.apply(encoder._init_weights)
+    return head
 
 
 class MaskedLM(nn.Module):
@@ -89,9 +105,8 @@ class MaskedLM(nn.Module):
         self.encoder = encoder
         if encoder.pooler is not None:  # kept and saved, but MLM does not train it (and DDP must not wait for it)
             encoder.pooler.requires_grad_(False)
-        self.head = MLMHead(cfg.hidden_size, cfg.hidden_size, cfg.hidden_act, cfg.layer_norm_eps,
-                            encoder.embeddings.word)
-        self.head.dense.apply(encoder._init_weights)
+        self.spec = family_of(cfg).mlm
+        self.head = mlm_head_for(encoder)
 
     @property
     def config(self):
@@ -107,18 +122,17 @@ class MaskedLM(nn.Module):
         h = h if positions is None else h.index_select(0, positions)
         return self.head(h) if targets is None else self.head.loss(h, targets)
 
-    # ---- HF BertForMaskedLM layout ------------------------------------------------------------
+    # ---- the family's XxxForMaskedLM layout ---------------------------------------------------
     def hf_state_dict(self) -> dict[str, Tensor]:
-        state = {f"bert.{k}": v for k, v in hf_state_dict(self.encoder).items()}
-        state.update(self.head.own_state())
+        state = prefixed_state_dict(self.encoder)
+        state.update(self.head.own_state(self.spec))
         return state
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        cfg = dataclasses.replace(self.encoder.config, extra={**self.encoder.config.extra,
-                                                              "architectures": ["BertForMaskedLM"]})
-        cfg.save(d)
+        cfg = self.encoder.config
+        write_config(cfg, d, family_of(cfg).architecture(cfg.model_type, "mlm"))
         write_safetensors(self.hf_state_dict(), d)
         return d
 
@@ -126,8 +140,8 @@ class MaskedLM(nn.Module):
     def from_encoder(cls, encoder: BertModel, heads: dict[str, Tensor], source: str) -> MaskedLM:
         """The encoder plus the MLM head found among ``heads`` (a checkpoint's head tensors), or a new one."""
         model = cls(encoder)
-        if has_mlm_head(heads):
-            model.head.load_own_state(heads, source)
+        if has_mlm_head(heads, model.spec):
+            model.head.load_own_state(heads, source, model.spec)
         else:
             log.info("%s has no MLM head: created a new one (initialised, not trained)", source)
         return model

@@ -19,6 +19,10 @@ official per-model baseline files are not bundled (nor downloaded): pass your ow
 from ``estimate_baseline``, which applies the paper's recipe (mean score of random mismatched pairs) to
 texts you supply.
 
+Of the model's sentence-transformers settings only its text preparation applies (``do_lower_case``);
+pooling, Dense and Normalize act after the token states BERTScore reads, and a prompt would be matched as
+if it were text.
+
 A candidate or reference without tokens besides [CLS]/[SEP] (an empty or whitespace-only text) scores
 P = R = F = 0 before rescaling, with a warning naming the pair indices, as in the ``bert_score`` package.
 """
@@ -36,8 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bertkit.encoder import Encoder, load
+from bertkit.encoder import Encoder
 from bertkit.hub import DEFAULT_MODEL
+from bertkit.loader import load
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
 
@@ -68,30 +73,22 @@ def layer_states(model: BertModel, input_ids: Tensor, packing: Packing, token_ty
                  layer: int | None = None) -> Tensor:
     """Hidden states after layer ``layer`` (1..num_layers, None = last) on the packed path.
 
-    input_ids: (total_tokens,) -> (total_tokens, hidden). Mirrors ``BertModel.forward_packed`` but stops
-    after ``layer`` layers; ``final_norm`` (if the model has one) belongs to the last layer's output only.
+    input_ids: (total_tokens,) -> (total_tokens, hidden): ``BertModel.forward_packed`` stopped after ``layer``
+    layers; ``final_norm`` (if the model has one) belongs to the last layer's output only.
     """
     n_layers = len(model.layers)
     layer = n_layers if layer is None else layer
     if not 1 <= layer <= n_layers:
         raise ValueError(f"layer must be in 1..{n_layers} for this model, got {layer}")
-    if token_type_ids is None:
-        token_type_ids = torch.zeros_like(input_ids)
-    h = model.embeddings(input_ids, packing.position_ids(), token_type_ids)
-    rope, alibi = model.relative_positions(max(packing.lengths), input_ids.device)
-    for block in model.layers[:layer]:
-        h = block(h, "unpadded", None, packing, rope, alibi)
-    if layer == n_layers and model.final_norm is not None:
-        h = model.final_norm(h)
-    return h
+    return model.forward_packed(input_ids, packing, token_type_ids, num_layers=layer)
 
 
 def token_states(encoder: Encoder, texts: Sequence[str], layer: int | None = None,
                  batch_size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per text: L2-normalized float64 states ``(n_tokens_i, hidden)`` and token ids ``(n_tokens_i,)``,
-    [CLS] and [SEP] removed (so n_tokens_i may be 0)."""
-    batch = encoder.tokenize(texts)
-    tok = encoder.tokenizer
+    the template's special tokens ([CLS] and [SEP], or <s> and </s>) removed (so n_tokens_i may be 0)."""
+    batch = encoder.tokenize(encoder.sentence.prepare(texts))  # no prompt: only the model's lowercasing
+    template_ids = np.array(sorted(encoder.tokenizer.template_ids), dtype=np.int64)
     states: list[np.ndarray] = [np.zeros((0, encoder.hidden_size))] * len(texts)
     ids: list[np.ndarray] = [np.zeros(0, np.int64)] * len(texts)
     encoder.model.eval()
@@ -102,7 +99,7 @@ def token_states(encoder: Encoder, texts: Sequence[str], layer: int | None = Non
             cu = packing.cu_seqlens.tolist()
             for j, i in enumerate(idx):
                 t, v = flat_ids[cu[j]:cu[j + 1]], h[cu[j]:cu[j + 1]]
-                keep = (t != tok.cls_id) & (t != tok.sep_id)
+                keep = ~np.isin(t, template_ids)  # [CLS]/[SEP], <s>/</s>, ...: what the template added
                 v = v[keep]
                 states[i] = v / np.linalg.norm(v, axis=1, keepdims=True)
                 ids[i] = t[keep]

@@ -1,30 +1,35 @@
 """Bi-encoder training with in-batch negatives (multiple-negatives ranking loss, as sentence-transformers' MNRL).
 
 Each batch holds n (query, positive document) pairs, optionally with h hard negatives per query.
-Queries and documents go through the same encoder (padding-free), are mean- or CLS-pooled and
-L2-normalised; the loss is cross-entropy over the scaled cosine similarities ``scale * q_i . d_j``, the
-target of query i being its own document i: every other document of the batch (the other positives and
-all hard negatives) is a negative. A document that is the positive of query i is never a negative for
-query i, wherever else it appears in the batch (its other copies are masked out).
+Queries and documents go through the same encoder (padding-free) and the model's own sentence head
+(pooling, any Dense modules, which train too) and are L2-normalised; the loss is cross-entropy over the
+scaled cosine similarities ``scale * q_i . d_j``, the target of query i being its own document i: every
+other document of the batch (the other positives and all hard negatives) is a negative. A document that
+is the positive of query i is never a negative for query i, wherever else it appears in the batch (its
+other copies are masked out).
 
 Distilled sentence embedding: with a cross-encoder teacher, each query's scores over its group
 (positive, h hard negatives) are also pulled towards the teacher's by a KL term,
 ``KL(softmax(teacher / T) || softmax(scale * q . d))``, so the bi-encoder learns the cross-encoder's
 graded judgements, not just "this one, not those".
 
+Queries and documents get their prompts (``query_prompt`` / ``doc_prompt``; default: the starting model's
+own, as sentence-transformers' encode_query / encode_document pick them), and evaluation during training
+embeds exactly as training does: same pooling, Dense modules and prompts.
+
 The saved directory is an HF BertModel plus the sentence-transformers files (``modules.json``,
-``sentence_bert_config.json``, ``1_Pooling/config.json``, a Normalize module), so both ``bertkit.load``
-and ``sentence_transformers.SentenceTransformer`` load it.
+``sentence_bert_config.json``, ``1_Pooling/config.json``, Dense modules, a Normalize module, and the
+prompts in ``config_sentence_transformers.json``), written by ``Encoder.save_pretrained``, so both
+``bertkit.load`` and ``sentence_transformers.SentenceTransformer`` load it and embed as it was trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,21 +40,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.data.tokenizer import WordPieceTokenizer
-from bertkit.encoder import Encoder, default_max_length, pool
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.encoder import Encoder, default_max_length
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
-from bertkit.model.weights import load_pretrained
+from bertkit.model.directory import load_encoder
+from bertkit.model.sentence import SentenceConfig
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.search import evaluate_retrieval
 from bertkit.train.engine import TrainConfig, Trainer, TrainState
 from bertkit.train.finetune import prepare_output_dir
-from bertkit.utils.atomic import atomic_write_text
 
 log = logging.getLogger("bertkit")
 # what a run writes into its output directory (an existing one is refused unless resumed or overwritten)
-OUTPUT_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json", "metrics.jsonl",
-                "training_curve.png")
+OUTPUT_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_bert_config.json",
+                "config_sentence_transformers.json", "metrics.jsonl", "training_curve.png")
 
 
 def _pack(seqs: list[list[int]]) -> tuple[Tensor, Packing]:
@@ -106,20 +111,34 @@ def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[in
 
 
 class BiEncoder(nn.Module):
-    def __init__(self, encoder: BertModel, pooling: str = "mean", scale: float = 20.0, distill_weight: float = 0.0,
-                 temperature: float = 1.0) -> None:
+    """The encoder and its sentence head (``sentence``: pooling, Dense modules, registered here so they train).
+
+    prompt_lengths: (query, document) tokens pooling leaves out (the prompts, with include_prompt=False).
+    """
+
+    def __init__(self, encoder: BertModel, sentence: SentenceConfig | None = None, scale: float = 20.0,
+                 distill_weight: float = 0.0, temperature: float = 1.0,
+                 prompt_lengths: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        self.encoder, self.pooling, self.scale = encoder, pooling, scale
-        self.distill_weight, self.temperature = distill_weight, temperature
+        self.encoder, self.scale = encoder, scale
+        self.sentence = sentence or SentenceConfig.defaults(encoder.config.hidden_size)
+        self.dense = nn.ModuleList(self.sentence.dense)  # the same modules the saved model writes
+        self.distill_weight, self.temperature, self.prompt_lengths = distill_weight, temperature, prompt_lengths
         if encoder.pooler is not None:  # sentence embeddings never use it; DDP must not wait for its gradient
             encoder.pooler.requires_grad_(False)
 
-    def embed(self, ids: Tensor, packing: Packing) -> Tensor:
-        """(total_tokens,) -> (n, hidden), unit rows."""
-        return F.normalize(pool(self.encoder.forward_packed(ids, packing), packing, self.pooling).float(), dim=-1)
+    @property
+    def pooling(self) -> tuple[str, ...]:
+        return self.sentence.modes
+
+    def embed(self, ids: Tensor, packing: Packing, prompt_length: int = 0) -> Tensor:
+        """(total_tokens,) -> (n, dim), unit rows (the loss is on cosines, whatever the model saves)."""
+        h = self.encoder.forward_packed(ids, packing)
+        return F.normalize(self.sentence.embed(h, packing, prompt_length, normalize=False).float(), dim=-1)
 
     def forward(self, b: PairBatch) -> Tensor:
-        q, d = self.embed(b.q_ids, b.q_packing), self.embed(b.d_ids, b.d_packing)
+        q, d = self.embed(b.q_ids, b.q_packing, self.prompt_lengths[0]), \
+            self.embed(b.d_ids, b.d_packing, self.prompt_lengths[1])
         loss = in_batch_loss(q, d, b.d_keys, self.scale)
         if b.teacher is not None and self.distill_weight > 0:
             loss = loss + self.distill_weight * distill_loss(self.scale * group_scores(q, d), b.teacher,
@@ -153,23 +172,6 @@ def distill_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> 
     return F.kl_div(F.log_softmax(student.float(), dim=-1), target, log_target=True, reduction="batchmean")
 
 
-def save_sentence_transformer(encoder: Encoder, directory: Path, pooling: str) -> None:
-    """Our HF directory plus the files sentence-transformers reads: Transformer -> Pooling -> Normalize."""
-    encoder.save_pretrained(directory)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
-    atomic_write_text(directory / "modules.json", json.dumps(modules, indent=2) + "\n")
-    atomic_write_text(directory / "sentence_bert_config.json",
-                      json.dumps({"max_seq_length": encoder.max_length, "do_lower_case": False}, indent=2) + "\n")
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    (directory / "2_Normalize").mkdir(exist_ok=True)
-    atomic_write_text(directory / "1_Pooling" / "config.json", json.dumps({
-        "word_embedding_dimension": encoder.model.config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2) + "\n")
-
-
 @dataclass
 class EmbeddingTrainResult:
     output_dir: Path
@@ -177,14 +179,33 @@ class EmbeddingTrainResult:
     dev: dict[str, float] | None
 
 
-def load_base(model: str, max_length: int | None) -> tuple[BertModel, Encoder]:
+def load_base(model: str, max_length: int | None, pooling: str | Sequence[str] | None = None,
+              query_prompt: str | None = None, doc_prompt: str | None = None) -> tuple[BertModel, Encoder]:
     """The starting encoder, and an Encoder around the same (trained in place) weights for tokenizing,
-    evaluating and saving."""
-    model_dir = resolve_model_dir(model)
-    base, _ = load_pretrained(model_dir)
-    return base, Encoder(base, WordPieceTokenizer.from_dir(model_dir),
-                         max_length or default_max_length(model_dir, base.config.max_position_embeddings),
-                         str(model_dir))
+    evaluating and saving. Its sentence settings are the ones trained: the model's own, with ``pooling``
+    and the prompts (None: the model's own "query" / "document" prompts) set, cosine similarity."""
+    base, _, info = load_encoder(model, who="train-embeddings")
+    model_dir = info.path
+    enc = Encoder(base, WordPieceTokenizer.from_dir(info.weights_dir),
+                  max_length or default_max_length(model_dir, base.config.max_tokens, info.weights_dir), str(model_dir))
+    sentence = SentenceConfig.read(model_dir, base.config.hidden_size)
+    if pooling is not None:
+        sentence = sentence.with_pooling(pooling)
+    prompts = {"query": sentence.role_prompt("query", prompt=query_prompt),
+               "document": sentence.role_prompt("document", prompt=doc_prompt)}
+    enc.sentence = dataclasses.replace(sentence, prompts={**sentence.prompts, **prompts}, similarity_fn_name="cosine",
+                                       explicit=True)
+    return base, enc
+
+
+def prompt_lengths(enc: Encoder) -> tuple[int, int]:
+    """Tokens pooling leaves out of queries and documents: their prompts', when the model pools without them."""
+    out = []
+    for role in ("query", "document"):
+        prompt = enc.sentence.prompts[role]
+        ids = enc.tokenize(enc.sentence.prepare([prompt])).ids[0] if prompt else []
+        out.append(enc.sentence.prompt_length(ids, enc.tokenizer.special_ids) if prompt else 0)
+    return out[0], out[1]
 
 
 def fit_biencoder(out: Path, bi: BiEncoder, enc: Encoder, tcfg: TrainConfig, batches: Callable[[int], list[PairBatch]],
@@ -194,14 +215,16 @@ def fit_biencoder(out: Path, bi: BiEncoder, enc: Encoder, tcfg: TrainConfig, bat
     def evaluate(_m: nn.Module) -> dict[str, float]:
         return evaluate_retrieval(enc, dev, batch_size=64)
 
+    enc.sentence = bi.sentence  # dev evaluation and the saved model embed exactly as trained
     trainer = Trainer(bi, tcfg, batches=batches, loss_fn=lambda m, b: m(b), output_dir=out,
                       evaluate=evaluate if dev is not None else None,
-                      on_best=lambda _m, _x: save_sentence_transformer(enc, out, bi.pooling),
-                      fingerprint={**fingerprint, "pooling": bi.pooling, "scale": bi.scale})
+                      on_best=lambda _m, _x: enc.save_pretrained(out),
+                      fingerprint={**fingerprint, "pooling": "+".join(bi.pooling), "scale": bi.scale,
+                                   "prompts": [enc.sentence.prompts["query"], enc.sentence.prompts["document"]]})
     t0 = time.perf_counter()
     state = trainer.fit(resume=resume)
     if dev is None:
-        save_sentence_transformer(enc, out, bi.pooling)
+        enc.save_pretrained(out)
     best = state.history[[h["step"] for h in state.history].index(state.best_step)] if state.best_step else None
     log.info("embeddings trained in %.0f s; best dev %s", time.perf_counter() - t0, best)
     return EmbeddingTrainResult(out, state, best)
@@ -212,12 +235,16 @@ class PairScorer(Protocol):
 
 
 def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, dev: RetrievalData | None = None, *,
-                     model: str = DEFAULT_MODEL, pooling: str = "mean", scale: float = 20.0,
-                     max_length: int | None = None, negatives: dict[str, list[str]] | None = None,
+                     model: str = DEFAULT_MODEL, pooling: str | Sequence[str] | None = None, scale: float = 20.0,
+                     max_length: int | None = None, query_prompt: str | None = None, doc_prompt: str | None = None,
+                     negatives: dict[str, list[str]] | None = None,
                      teacher: PairScorer | None = None, distill_weight: float = 1.0, temperature: float = 1.0,
                      training: TrainConfig | None = None, resume: bool = False,
                      overwrite: bool = False) -> EmbeddingTrainResult:
     """Fine-tune a bi-encoder on ``train``'s (query, relevant document) pairs; keep the best by dev NDCG@10.
+
+    ``pooling`` (None: the starting model's own), ``query_prompt`` / ``doc_prompt`` (None: the model's own
+    "query" / "document" prompts; "" for none) are trained, used by dev evaluation and saved.
 
     ``negatives``: query id -> hard negative document ids (the same number for every query, e.g. from
     ``mine_hard_negatives``). ``teacher``: a cross-encoder whose scores of each (positive, negatives)
@@ -236,14 +263,15 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
     if negatives:
         pairs, negs = _check_negatives(negatives, pairs, train)
     prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
-    base, enc = load_base(model, max_length)
+    base, enc = load_base(model, max_length, pooling, query_prompt, doc_prompt)
+    qp, dp = enc.sentence.prompts["query"], enc.sentence.prompts["document"]
     doc_index = {d: i for i, d in enumerate(sorted(train.docs))}
-    q_tok = enc.tokenize([train.queries[q] for q, _ in pairs]).ids
-    d_tok = enc.tokenize([train.docs[d] for _, d in pairs]).ids
+    q_tok = enc.tokenize(enc.sentence.prepare([train.queries[q] for q, _ in pairs], qp)).ids
+    d_tok = enc.tokenize(enc.sentence.prepare([train.docs[d] for _, d in pairs], dp)).ids
     keys = [doc_index[d] for _, d in pairs]
     n_tok = n_keys = scores = None
     if negs:
-        flat = enc.tokenize([train.docs[d] for row in negs for d in row]).ids
+        flat = enc.tokenize(enc.sentence.prepare([train.docs[d] for row in negs for d in row], dp)).ids
         h = len(negs[0])
         n_tok = [flat[i * h:(i + 1) * h] for i in range(len(negs))]
         n_keys = [[doc_index[d] for d in row] for row in negs]
@@ -254,12 +282,13 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
                                      [train.docs[d] for _, ds in groups for d in ds])
         scores = np.asarray(scores, dtype=np.float32).reshape(len(groups), -1)  # (pairs, 1 + h)
         log.info("teacher scored %d groups of %d in %.0f s", len(pairs), scores.shape[1], time.perf_counter() - t0)
-    bi = BiEncoder(base, pooling, scale, distill_weight if teacher is not None else 0.0, temperature)
-    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s), pooling %s, "
-             "scale %g", enc.name, train.source, len(pairs), tcfg.batch_size,
+    bi = BiEncoder(base, enc.sentence, scale, distill_weight if teacher is not None else 0.0, temperature,
+                   prompt_lengths(enc))
+    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s), pooling %s%s, "
+             "prompts %r / %r, scale %g", enc.name, train.source, len(pairs), tcfg.batch_size,
              f" + {len(negs[0])} hard negatives each" if negs else "",
              f", distilled from a cross-encoder, weight {distill_weight}" if teacher is not None else "",
-             pooling, scale)
+             "+".join(bi.pooling), f" + {len(bi.dense)} Dense" if len(bi.dense) else "", qp, dp, scale)
     return fit_biencoder(
         out, bi, enc, tcfg, lambda e: pair_batches(q_tok, d_tok, keys, tcfg.batch_size, tcfg.seed, e, n_tok, n_keys,
                                                    scores),

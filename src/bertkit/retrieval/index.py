@@ -13,14 +13,24 @@ On disk, a directory::
     items-<gen>.jsonl        one {"id": ..., "metadata": {...}} per row
     hnsw-<gen>.faiss         the graph (kind hnsw only)
 
+The manifest records how the vectors were made (the model, its pooling, the documents' prompt, and the
+prompt queries get), so appends and searches embed the same way, whatever the model's defaults later are.
+
 A save writes a new generation of files (each temp + fsync + rename) and then the manifest, which
 names them; only then are the old generation's files removed. A save that fails or is killed leaves
 the previous manifest and its files in place, so a directory always loads as the old index or the
-new one, never a mix. One writer at a time.
+new one, never a mix.
+
+One writer at a time: a build or an append holds ``index_lock(directory)`` (an OS lock, ``flock``, on the
+directory itself) from reading the old index to saving the new one. Without it two appends both read the
+old index and the last save silently drops the other's documents; with it the second waits for the first
+and then reads what the first saved. The OS releases the lock when its process ends, even on SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -28,16 +38,18 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bertkit.data.text_files import json_object, read_lines
-from bertkit.encoder import Encoder, load
+from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError, CheckpointError, InputFileError
 from bertkit.hub import _ALIASES, BUILTIN_MODELS
+from bertkit.loader import load
+from bertkit.model.pooling import pooling_modes
 from bertkit.retrieval.search import exact_search
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 
@@ -49,6 +61,56 @@ EXACT_MAX = 20_000  # auto: exact search below this many vectors (~3 ms a query 
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 128, 64  # the benchmarked settings
 # our data files, and the temp files of killed saves (atomic_path names them ".<name>.<random>.tmp")
 _OWN_FILE = re.compile(r"^(\.?(vectors|items|hnsw)-[0-9a-f]{8}\.(npy|jsonl|faiss)|\.index\.json)(\.[^.]+\.tmp)?$")
+
+
+class IndexLocked(BertkitError):
+    """Another process is writing the index and did not finish within the wait allowed."""
+
+
+@contextlib.contextmanager
+def index_lock(directory: str | os.PathLike[str], timeout_s: float | None = 600.0,
+               on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold the index directory's writer lock (the directory is created if missing) for the block.
+
+    If another process holds it, ``on_wait(message)`` is called once and this waits for it, polling, up to
+    ``timeout_s`` seconds (None: for ever), then raises IndexLocked. The lock is ``flock`` on the directory's
+    own descriptor: no lock file to leave behind, and the OS drops it when the holder dies. A holder may remove
+    the (empty) directory it created when its build fails; a waiter then finds its descriptor no longer names
+    the directory at that path, and locks the path anew.
+    """
+    d = Path(directory)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    waited = False
+    while True:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not waited:
+                limit = "until it finishes" if timeout_s is None else f"up to {timeout_s:g} s"
+                (on_wait or log.warning)(f"another process is writing the index at {d}; waiting {limit}")
+                waited = True
+            if deadline is not None and time.monotonic() >= deadline:
+                raise IndexLocked(f"the index at {d} is still being written by another process after "
+                                  f"{timeout_s:g} s; nothing was written by this run. Try again when it has "
+                                  "finished") from None
+            time.sleep(0.1)
+            continue
+        try:
+            current = os.stat(d)
+        except FileNotFoundError:
+            current = None
+        locked = os.fstat(fd)
+        if current is None or (current.st_dev, current.st_ino) != (locked.st_dev, locked.st_ino):
+            os.close(fd)  # the directory we locked was removed (or replaced) meanwhile: lock the path again
+            continue
+        break
+    try:
+        yield d
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _faiss() -> Any:
@@ -75,11 +137,19 @@ def _model_key(name: str, directory: str | None) -> str:
     return str(Path(directory).resolve())
 
 
-def model_info(encoder: Encoder) -> dict[str, Any]:
-    """What the manifest records about the model that made the vectors."""
+def model_info(encoder: Encoder, pooling: str | Sequence[str] | None = None, doc_prompt: str | None = None,
+               query_prompt: str | None = None) -> dict[str, Any]:
+    """What the manifest records about the model that made the vectors, and how it embeds: pooling (None:
+    the model's own) and the literal prompts of documents and queries (None: the model's own for the role)."""
     directory = str(encoder.source_dir.resolve()) if encoder.source_dir else None
-    return {"name": encoder.name, "directory": directory, "pooling": "mean", "normalized": True,
-            "max_length": encoder.max_length}
+    s = encoder.sentence
+    if s.similarity == "dot":
+        log.warning("model %s was trained for dot-product similarity; the index stores unit vectors and "
+                    "searches by cosine", encoder.name)
+    return {"name": encoder.name, "directory": directory,
+            "pooling": list(s.modes if pooling is None else pooling_modes(pooling)), "normalized": True,
+            "max_length": encoder.max_length, "document_prompt": s.role_prompt("document", prompt=doc_prompt),
+            "query_prompt": s.role_prompt("query", prompt=query_prompt)}
 
 
 class VectorIndex:
@@ -129,11 +199,26 @@ class VectorIndex:
     @classmethod
     def build(cls, encoder: Encoder, ids: Sequence[str], texts: Sequence[str],
               metadata: Sequence[dict[str, Any] | None] | None = None, kind: str = "auto",
-              batch_size: int = 32, progress: bool | None = None) -> VectorIndex:
-        """Embed ``texts`` and index them under ``ids``; each item's metadata gets ``text`` unless it has one."""
-        index = cls(encoder.hidden_size, model_info(encoder), kind)
+              batch_size: int = 32, progress: bool | None = None, *, pooling: str | Sequence[str] | None = None,
+              doc_prompt: str | None = None, query_prompt: str | None = None) -> VectorIndex:
+        """Embed ``texts`` and index them under ``ids``; each item's metadata gets ``text`` unless it has one.
+
+        pooling: instead of the model's own. doc_prompt / query_prompt: the literal prompts documents get now
+        and queries get at search time (None: the model's own "document" / "query" prompts; "" for none).
+        """
+        info = model_info(encoder, pooling, doc_prompt, query_prompt)
+        index = cls(encoder.sentence.dim(info["pooling"]), info, kind)
         index.add_texts(encoder, ids, texts, metadata, batch_size=batch_size, progress=progress)
         return index
+
+    def _embed(self, encoder: Encoder, texts: list[str], role: str, batch_size: int, progress: bool | None,
+               prompt: str | None = None) -> np.ndarray:
+        """Unit vectors of ``texts`` as the manifest says this index makes them ("document" or "query" side;
+        ``prompt`` replaces the recorded one). Manifests from before prompts were recorded: the model's own."""
+        m = self.model or {}
+        prompt = m.get(f"{role}_prompt") if prompt is None else prompt
+        return encoder.embed(texts, batch_size=batch_size, pooling=m.get("pooling"), normalize=True,
+                             progress=progress, prompt=encoder.sentence.role_prompt(role, prompt=prompt))
 
     def add_texts(self, encoder: Encoder, ids: Sequence[str], texts: Sequence[str],
                   metadata: Sequence[dict[str, Any] | None] | None = None, batch_size: int = 32,
@@ -145,7 +230,7 @@ class VectorIndex:
             raise ValueError(f"got {len(ids)} ids but {'a string' if isinstance(texts, str) else len(texts)} texts")
         metadata = self._check_new(ids, metadata)  # before the expensive part
         items = [{"text": t, **m} for t, m in zip(texts, metadata, strict=True)]
-        self.add(ids, encoder.embed(texts, batch_size=batch_size, progress=progress), items)
+        self.add(ids, self._embed(encoder, list(texts), "document", batch_size, progress), items)
 
     def add(self, ids: Sequence[str], vectors: np.ndarray,
             metadata: Sequence[dict[str, Any] | None] | None = None) -> None:
@@ -252,9 +337,10 @@ class VectorIndex:
                 scores[short], rows[short] = exact_search(q[short], self.vectors, k)
         return scores, [[self.ids[j] for j in row] for row in rows]
 
-    def search_text(self, encoder: Encoder, queries: Sequence[str], k: int = 10,
-                    batch_size: int = 32) -> tuple[np.ndarray, list[list[str]]]:
-        """Embed ``queries`` with ``encoder`` (checked against the index's model) and search."""
+    def search_text(self, encoder: Encoder, queries: Sequence[str], k: int = 10, batch_size: int = 32,
+                    prompt: str | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Embed ``queries`` with ``encoder`` (checked against the index's model), with the query prompt the
+        index records (or ``prompt``, a literal text), and search."""
         if isinstance(queries, str):
             raise TypeError("search_text() takes a list of queries; wrap a single query in a list")
         if not len(queries):
@@ -265,14 +351,15 @@ class VectorIndex:
             if not query.strip():
                 raise BertkitError(f"query {i + 1} is empty; give some text to search for")
         self.check_encoder(encoder)
-        return self.search(encoder.embed(list(queries), batch_size=batch_size, progress=False), k)
+        return self.search(self._embed(encoder, list(queries), "query", batch_size, False, prompt), k)
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Refuse an encoder other than the one the vectors were made with: its scores would be meaningless."""
-        if encoder.hidden_size != self.dim:
+        dim = encoder.sentence.dim(self.model.get("pooling") if self.model else None)
+        if dim != self.dim:
             built = f"model {self.model['name']!r}" if self.model else "vectors"
             raise BertkitError(f"the index holds {self.dim}-dimensional {built}; model {encoder.name!r} makes "
-                               f"{encoder.hidden_size}-dimensional vectors")
+                               f"{dim}-dimensional vectors")
         if self.model is None:
             return
         source = str(encoder.source_dir) if encoder.source_dir else None

@@ -101,7 +101,7 @@ def set_dropout(model: BertModel, p: float) -> None:
 
 
 def mirror_bert(output_dir: str | os.PathLike[str], texts: list[str], dev: RetrievalData | None = None, *,
-                model: str = DEFAULT_MODEL, pooling: str = "mean", scale: float = 25.0, span: int = 2,
+                model: str = DEFAULT_MODEL, pooling: str | None = None, scale: float = 25.0, span: int = 2,
                 dropout: float | None = 0.1, max_length: int = 64, training: TrainConfig | None = None,
                 resume: bool = False, overwrite: bool = False) -> EmbeddingTrainResult:
     """Self-supervised sentence-embedding tuning on raw ``texts``; keep the best by dev NDCG@10 when given.
@@ -116,18 +116,19 @@ def mirror_bert(output_dir: str | os.PathLike[str], texts: list[str], dev: Retri
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
     out = Path(output_dir)
     prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
-    base, enc = load_base(model, None)
+    base, enc = load_base(model, None, pooling)
     ids = enc.tokenizer.encode(texts, max_length=min(max_length, enc.max_length)).ids
+    mask_id = enc.tokenizer.require_mask_id("Mirror-BERT's span masking")
     if dropout is not None:
         set_dropout(base, dropout)
-    bi = MirrorBiEncoder(base, pooling, scale)
+    bi = MirrorBiEncoder(base, enc.sentence, scale)
     keys = list(range(len(ids)))
     log.info("Mirror-BERT from %s: %d sentences (max %d tokens), batch %d, span %d [MASK], dropout %s, scale %g",
              enc.name, len(ids), max_length, tcfg.batch_size, span,
              dropout if dropout is not None else "as in the checkpoint", scale)
 
     def batches(epoch: int) -> list[PairBatch]:
-        a, m = mirror_views(ids, span, enc.tokenizer.mask_id, tcfg.seed, epoch)
+        a, m = mirror_views(ids, span, mask_id, tcfg.seed, epoch)
         return pair_batches(a, m, keys, tcfg.batch_size, tcfg.seed, epoch)
 
     return fit_biencoder(out, bi, enc, tcfg, batches, dev,

@@ -38,16 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import Encoder, pick_device
 from bertkit.errors import CheckpointError
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.attention import Packing
+from bertkit.model.directory import inspect_model_dir, load_encoder
+from bertkit.model.families import family_of
 from bertkit.model.heads import SequenceClassifier, strip_task_keys
-from bertkit.model.weights import load_pretrained
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.metrics import evaluate_run
-from bertkit.retrieval.search import mine_hard_negatives, retrieve, retrieve_scored
+from bertkit.retrieval.search import embed_side, mine_hard_negatives, retrieve, retrieve_scored
 from bertkit.train.engine import TrainConfig, Trainer, TrainState, pick_precision
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.utils.atomic import atomic_write_text
@@ -147,7 +148,7 @@ def _autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> to
 class Reranker:
     """A cross-encoder: ``score(query, docs)`` -> logits, ``rank(query, docs)`` -> [(index, score)] best first."""
 
-    def __init__(self, head: SequenceClassifier, tokenizer: WordPieceTokenizer, max_length: int,
+    def __init__(self, head: SequenceClassifier, tokenizer: Tokenizer, max_length: int,
                  dtype: str | torch.dtype | None = None, directory: Path | None = None) -> None:
         if head.num_labels != 1:
             raise ValueError(f"a reranker has one output, this head has {head.num_labels}")
@@ -172,18 +173,18 @@ class Reranker:
         dev = pick_device(device)
         if dev.type == "cpu":
             tune_allocator()
-        encoder, heads = load_pretrained(d, path=path)
+        encoder, heads, info = load_encoder(d, path=path, who="a reranker")
         labels = encoder.config.extra.get("id2label") or {"0": "LABEL_0"}
         if len(labels) != 1:
             raise CheckpointError(f"{d}: a reranker has one output label, this model has {len(labels)}")
-        if encoder.pooler is None:
+        if encoder.pooler is None and family_of(encoder.config).sequence.uses_pooler:
             raise CheckpointError(f"{d}: no pooler weights; BertForSequenceClassification needs them")
         strip_task_keys(encoder.config)
         head = SequenceClassifier(encoder, 1, "regression")
         head.load_head_state(heads, source=str(d))
         meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")) if (d / CONFIG_FILE).is_file() else {}
-        r = cls(head.to(dev).eval(), WordPieceTokenizer.from_dir(d), int(meta.get("max_length", DEFAULT_MAX_LENGTH)),
-                dtype, d)
+        r = cls(head.to(dev).eval(), Tokenizer.from_dir(info.weights_dir),
+                int(meta.get("max_length", DEFAULT_MAX_LENGTH)), dtype, d)
         r.fusion_weight = meta.get("fusion_weight")
         return r
 
@@ -221,7 +222,7 @@ class Reranker:
             with torch.inference_mode(), cast:
                 for idx, ids, types, packing in self._enc._batches(batch, batch_size):
                     h = self._enc._hidden(ids, types, packing)  # (total_tokens, hidden)
-                    logits = self.head.classifier(self.head.encoder.pool(h, packing))  # (pairs, 1)
+                    logits = self.head.logits_from_states(h, packing)  # (pairs, 1)
                     out[idx] = logits[:, 0].float().cpu().numpy()
         finally:
             self.head.train(was_training)
@@ -336,7 +337,7 @@ def _mine_or_reuse(out: Path, resume: bool, key: dict, retriever: str, train: Re
             return cached["train"], cached.get("dev"), None
     t0 = time.perf_counter()
     enc = Encoder.from_pretrained(retriever)
-    doc_vecs = enc.embed([train.docs[d] for d in train.docs], batch_size=64)
+    doc_vecs = embed_side(enc, [train.docs[d] for d in train.docs], "document")
     negs = mine_hard_negatives(enc, train, negatives, mine_top, seed, doc_vectors=doc_vecs)
     dev_run = None
     if dev is not None:  # same collection: reuse the document vectors
@@ -371,7 +372,7 @@ def train_reranker(output_dir: str | os.PathLike[str], train: RetrievalData, dev
     out = Path(output_dir)
     prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", CONFIG_FILE, NEGATIVES_FILE,
                                                 "metrics.jsonl", "training_curve.png"))
-    model_dir, retriever_dir = resolve_model_dir(model), str(resolve_model_dir(retriever))
+    model_dir, retriever_dir = inspect_model_dir(model).path, str(inspect_model_dir(retriever).path)
     key = {"retriever": retriever_dir, "negatives": negatives, "mine_top": mine_top, "seed": tcfg.seed,
            "train": sorted(train.qrels), "dev": sorted(dev.qrels) if dev is not None else None, "dev_top": dev_top}
     negs, dev_run, doc_vecs = _mine_or_reuse(out, resume, key, retriever_dir, train, dev, negatives, mine_top,
@@ -388,12 +389,12 @@ def train_reranker(output_dir: str | os.PathLike[str], train: RetrievalData, dev
         raise ValueError(f"{train.source}: no (query, relevant document) pair to train on")
 
     torch.manual_seed(tcfg.seed)  # the classifier's (and a missing pooler's) initial weights
-    base, _ = load_pretrained(model_dir)
+    base, _, info = load_encoder(model_dir, who="train-reranker")
     strip_task_keys(base.config)
-    if base.pooler is None:
+    if base.pooler is None and family_of(base.config).sequence.uses_pooler:
         log.info("%s has no pooler: a new one is initialised", model)
     head = SequenceClassifier(base, 1, "regression")
-    tok = WordPieceTokenizer.from_dir(model_dir)
+    tok = Tokenizer.from_dir(info.weights_dir)
     reranker = Reranker(head, tok, max_length, dtype="fp32")  # dev eval runs inside the engine's autocast
     g = 1 + negatives
     pairs = tok.encode([train.queries[q] for q, ds in groups for _ in ds],

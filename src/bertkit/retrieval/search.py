@@ -2,9 +2,16 @@
 runs of a bi-encoder over RetrievalData, their evaluation, and hard-negative mining from them.
 
 The exact baseline every approximate index is measured against, and the right choice for small collections.
+
+Queries and documents are embedded with the model's own settings and its prompts for each side (the "query"
+prompt; the "document", "passage" or "corpus" one), unless given: ``query_prompt`` / ``doc_prompt`` are
+literal texts ("" for none), ``pooling`` overrides the model's pooling. Vectors are L2-normalized unless the
+model was trained for dot products (similarity_fn_name "dot").
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,31 +38,45 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, k: int, block: int = 102
 
 
 def evaluate_retrieval(encoder: Encoder, data: RetrievalData, ks: tuple[int, ...] = DEFAULT_KS,
-                       batch_size: int = 32) -> dict[str, float]:
+                       batch_size: int = 32, *, query_prompt: str | None = None, doc_prompt: str | None = None,
+                       pooling: str | Sequence[str] | None = None) -> dict[str, float]:
     """Embed documents and queries, rank all documents for each query exactly, score against the qrels."""
-    return evaluate_run(retrieve(encoder, data, max(max(ks), 10), batch_size=batch_size), data.qrels, ks)
+    run = retrieve(encoder, data, max(max(ks), 10), batch_size=batch_size, query_prompt=query_prompt,
+                   doc_prompt=doc_prompt, pooling=pooling)
+    return evaluate_run(run, data.qrels, ks)
+
+
+def embed_side(encoder: Encoder, texts: list[str], role: str, prompt: str | None = None,
+               pooling: str | Sequence[str] | None = None, batch_size: int | None = 64,
+               progress: bool | None = None) -> np.ndarray:
+    """Embed one side of retrieval ("query" or "document") as search needs it: the side's prompt (given, else
+    the model's own for the role), normalized unless the model scores by dot product."""
+    s = encoder.sentence
+    return encoder.embed(texts, batch_size=batch_size, pooling=pooling, normalize=s.similarity != "dot",
+                         progress=progress, prompt=s.role_prompt(role, prompt=prompt))
 
 
 def retrieve_scored(encoder: Encoder, data: RetrievalData, k: int, doc_vectors: np.ndarray | None = None,
-                    batch_size: int = 64) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+                    batch_size: int = 64, *, query_prompt: str | None = None, doc_prompt: str | None = None,
+                    pooling: str | Sequence[str] | None = None) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
     """The bi-encoder's top k document ids of every query, best first (exact search), and their scores.
 
     ``doc_vectors`` (n_docs, dim), in ``data.docs`` order, spares re-embedding the collection across splits.
     """
     doc_ids = list(data.docs)
     if doc_vectors is None:
-        doc_vectors = encoder.embed([data.docs[d] for d in doc_ids], batch_size=batch_size)
+        doc_vectors = embed_side(encoder, [data.docs[d] for d in doc_ids], "document", doc_prompt, pooling, batch_size)
     q_ids = list(data.queries)
-    q_vecs = encoder.embed([data.queries[q] for q in q_ids], batch_size=batch_size)
+    q_vecs = embed_side(encoder, [data.queries[q] for q in q_ids], "query", query_prompt, pooling, batch_size)
     scores, idx = exact_search(q_vecs, doc_vectors, k)
     return ({q: [doc_ids[j] for j in row] for q, row in zip(q_ids, idx, strict=True)},
             {q: row.tolist() for q, row in zip(q_ids, scores, strict=True)})
 
 
 def retrieve(encoder: Encoder, data: RetrievalData, k: int, doc_vectors: np.ndarray | None = None,
-             batch_size: int = 64) -> dict[str, list[str]]:
-    """The bi-encoder's top k document ids of every query, best first."""
-    return retrieve_scored(encoder, data, k, doc_vectors, batch_size)[0]
+             batch_size: int = 64, **embedding: str | Sequence[str] | None) -> dict[str, list[str]]:
+    """The bi-encoder's top k document ids of every query, best first (``embedding``: as retrieve_scored's)."""
+    return retrieve_scored(encoder, data, k, doc_vectors, batch_size, **embedding)[0]
 
 
 def mine_hard_negatives(encoder: Encoder, data: RetrievalData, n: int, top: int = 50, seed: int = 42,

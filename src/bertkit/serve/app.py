@@ -4,12 +4,13 @@ POST /v1/embeddings  OpenAI-compatible sentence embeddings (float lists or base6
 POST /v1/classify    sequence classification / multilabel / regression, optionally of text pairs
 POST /v1/ner         word tags and entity spans
 POST /v1/fill-mask   top-k fillers of each [MASK]
-GET  /healthz, /metrics (Prometheus), /docs (OpenAPI UI)
+GET  /v1/models (OpenAI's list: the one model served), /healthz, /metrics (Prometheus), /docs (OpenAPI UI)
 
-Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: bad input is a 4xx that
-says what is wrong and where, never a 500; an unexpected failure is a 500 whose body holds no traceback
-(it is logged). Bodies over ``max_body_bytes`` are refused (413) before any parsing, by Content-Length or
-by counting the bytes of a chunked body.
+Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` (``serve/errors.py``): bad input
+is a 4xx that says what is wrong and where, never a 500; an unexpected failure is a 500 whose body holds no
+traceback (it is logged). Every limit is a ``ServerConfig`` field (``serve/config.py``): the body's size, time
+and JSON are checked before parsing (``serve/middleware.py``), a request's texts and tokens here, and the queue
+and the per-request deadline in the batcher. The OpenAPI document states them (``serve/openapi.py``).
 """
 
 from __future__ import annotations
@@ -17,55 +18,37 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertkit.errors import BertkitError
-from bertkit.serve.batcher import BatcherClosed, MicroBatcher
+from bertkit.serve.batcher import BatcherClosed, MicroBatcher, QueueFull, RequestTimeout
+from bertkit.serve.config import ServerConfig
+from bertkit.serve.docs import add_docs
+from bertkit.serve.errors import APIError, error_response
 from bertkit.serve.metrics import Metrics
+from bertkit.serve.middleware import ApiKey, BodyCheck, Observe
+from bertkit.serve.openapi import document_limits
+from bertkit.serve.server import drain_on_signals
 from bertkit.serve.service import Service
 
 log = logging.getLogger("bertkit")
 
-ENDPOINTS = ("/v1/embeddings", "/v1/classify", "/v1/ner", "/v1/fill-mask", "/healthz", "/metrics")
-
-
-@dataclass
-class ServerConfig:
-    max_texts_per_request: int = 256
-    max_body_bytes: int = 1 << 20
-    batching: bool = True  # False: one request per engine call (the baseline batching is measured against)
-    max_batch_tokens: int = 8192  # merge requests up to this many tokens per engine call
-    max_wait_ms: float = 5.0  # how long the oldest queued request may wait for others to join it
+API_ENDPOINTS = ("/v1/embeddings", "/v1/classify", "/v1/ner", "/v1/fill-mask")
+ENDPOINTS = (*API_ENDPOINTS, "/v1/models", "/healthz", "/metrics")
 
 
 # ---- errors -------------------------------------------------------------------------------------
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
-                        status_code=status, headers=headers)
-
-
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """pydantic's first error as (message, param), param a dotted path into the body such as "input.2"."""
     errors = exc.errors()
@@ -82,6 +65,14 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return message, param
+
+
+def same_model(requested: str, served: str) -> bool:
+    """Whether a request's "model" names the served model: the name it was served by, or the same last path
+    part (so "sentence-transformers/all-MiniLM-L6-v2" names all-MiniLM-L6-v2, and "bbc" names runs/bbc)."""
+    def last(name: str) -> str:
+        return name.rstrip("/").rsplit("/", 1)[-1]
+    return requested == served or last(requested) == last(served)
 
 
 # ---- request schemas ----------------------------------------------------------------------------
@@ -130,9 +121,11 @@ class _Body(BaseModel):
 class EmbeddingsRequest(_Body):
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="must equal the model's hidden size if given")
+    dimensions: int | None = Field(None, description="must equal the model's embedding size if given")
     user: str | None = None
-    normalize: bool = Field(True, description="L2-normalize each vector")
+    normalize: bool | None = Field(None, description="L2-normalize each vector (default: as the model does)")
+    prompt_name: str | None = Field(None, description="one of the model's prompts, e.g. query or document "
+                                                      "(default: the model's default prompt, if any)")
 
     @field_validator("input", mode="before")
     @classmethod
@@ -170,85 +163,6 @@ class FillMaskRequest(_Body):
         return _check_texts(value)
 
 
-# ---- middleware ---------------------------------------------------------------------------------
-class BodyLimit:
-    """Refuse (413) a body over ``max_bytes`` before the app parses it: by Content-Length, else by counting
-    the streamed (chunked) bytes. The body is read here, at most ``max_bytes`` of it, and replayed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._refuse(scope, receive, send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body is larger than {self.max_bytes} bytes",
-                                  code="request_too_large", headers={"Connection": "close"})
-        await response(scope, receive, send)
-
-
-class Observe:
-    """Request metrics (count by endpoint and status, latency, in flight), and the last word on errors:
-    an exception no handler took becomes a logged 500 with no traceback in its body."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"  # bounded label values
-        status, started = 500, False
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-            await send(message)
-
-        m = self.metrics
-        m.inflight.inc()
-        t0 = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_observed)
-        except Exception:
-            log.exception("unhandled error serving %s %s", scope.get("method"), scope["path"])
-            if started:  # too late for a clean response: let the server drop the connection
-                raise
-            await error_response(500, "internal server error", type="server_error",
-                                 code="internal_error")(scope, receive, send_observed)
-        finally:
-            m.inflight.dec()
-            m.requests.labels(endpoint, str(status)).inc()
-            m.latency.labels(endpoint).observe(time.perf_counter() - t0)
-
-
 # ---- the app ------------------------------------------------------------------------------------
 def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
@@ -256,24 +170,45 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     runs = {"embeddings": service.embed, "classify": service.classify, "ner": service.ner,
             "fill-mask": service.fill}
     batchers = {cap: MicroBatcher(cap, runs[cap], config.max_batch_tokens, config.max_wait_ms,
-                                  enabled=config.batching, metrics=metrics)
+                                  enabled=config.batching, metrics=metrics, slice_tokens=config.slice_tokens,
+                                  max_queue_requests=config.max_queue_requests,
+                                  max_queue_tokens=config.max_queue_tokens, timeout_s=config.request_timeout_s,
+                                  trim_interval_s=config.heap_trim_s or None, max_call_ms=config.max_call_ms)
                 for cap in service.capabilities}
+
+    def begin_shutdown(grace_s: float = config.shutdown_grace_s) -> None:
+        """Stop taking work; what is queued may finish within ``grace_s``, the rest is answered 503 then.
+        Called by the server (``serve/server.py``) as soon as it starts shutting down."""
+        log.info("shutting down: finishing queued work for up to %g s, refusing new requests", grace_s)
+        for b in batchers.values():
+            b.begin_shutdown(grace_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        restore_signals = drain_on_signals(begin_shutdown)  # SIGTERM starts the drain at once (serve/server.py)
+        try:
+            yield
+        finally:
+            restore_signals()
         # uvicorn has let in-flight requests finish (up to timeout_graceful_shutdown); drain what is left
         for b in batchers.values():
             await run_in_threadpool(b.close)
 
-    app = FastAPI(title="bertkit", summary=f"BERT encoder server: {service.name}", lifespan=lifespan)
+    app = FastAPI(title="bertkit", summary=f"BERT encoder server: {service.name}", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # /docs: add_docs below serves the UI's files itself
     app.state.service, app.state.config, app.state.metrics, app.state.batchers = service, config, metrics, batchers
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(Observe, metrics=metrics)  # added last: outermost, so it also sees the 413s
+    app.state.begin_shutdown = begin_shutdown
+    app.add_middleware(BodyCheck, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s,
+                       json_paths=API_ENDPOINTS)
+    if config.api_key is not None:  # outside BodyCheck: no body is read for a client without the key
+        app.add_middleware(ApiKey, key=config.api_key, open_paths=config.open_paths)
+    app.add_middleware(Observe, metrics=metrics, endpoints=ENDPOINTS)  # added last: outermost, sees every refusal
+    add_docs(app)
+    app.openapi = lambda: document_limits(app, config, service)  # type: ignore[method-assign]
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code, exc.type)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.type, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -307,11 +242,31 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
                                         f"shorten it or send truncate=true", where, "text_too_long")
         return [min(n, limit) for n in counts]
 
+    def check_model(model: str | None) -> None:
+        """OpenAI answers 404 for a model it does not serve; so do we, unless told to accept any name."""
+        if model is not None and not config.accept_any_model and not same_model(model, service.name):
+            raise APIError(404, f"the model {model!r} is not served here; this server serves {service.name!r} "
+                                f"(omit \"model\" or send that name)", "model", "model_not_found")
+
+    def check_budget(counts: list[int]) -> None:
+        if (total := sum(counts)) > config.max_request_tokens:
+            raise APIError(413, f"the request holds {total} tokens (after truncation to max_length); at most "
+                                f"{config.max_request_tokens} per request (max_request_tokens, --max-request-tokens)"
+                                f"; split it into smaller requests", "input", "too_many_tokens")
+
     async def infer(capability: str, items: Sequence[Any], counts: list[int], **params: Any) -> list[Any]:
+        check_budget(counts)
         try:
-            return await batchers[capability].submit(items, sum(counts), **params)
+            return await batchers[capability].submit(items, counts, **params)
         except BatcherClosed as e:
-            raise APIError(503, str(e), type="server_error", code="shutting_down") from None
+            raise APIError(503, str(e), type="server_error", code="shutting_down",
+                           headers={"Connection": "close"}) from None
+        except QueueFull as e:
+            raise APIError(503, str(e), type="server_error", code="overloaded",
+                           headers={"Retry-After": str(e.retry_after)}) from None
+        except RequestTimeout as e:
+            raise APIError(503, f"{e}; the server is busy: retry later, or send fewer or shorter texts",
+                           type="server_error", code="timeout", headers={"Retry-After": "5"}) from None
 
     def usage(counts: list[int]) -> dict[str, int]:
         return {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
@@ -320,12 +275,19 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsRequest) -> dict[str, Any]:
         """Sentence embeddings (OpenAI's /v1/embeddings)."""
+        check_model(body.model)
         texts = texts_of(body.input)
-        if body.dimensions is not None and body.dimensions != service.hidden_size:
-            raise APIError(422, f"dimensions must be {service.hidden_size} (this model's size) if given, got "
+        if body.dimensions is not None and body.dimensions != service.embedding_dim:
+            raise APIError(422, f"dimensions must be {service.embedding_dim} (this model's size) if given, got "
                                 f"{body.dimensions}", "dimensions", "invalid_value")
-        counts = fit(await run_in_threadpool(service.count_tokens, texts), body.truncate, isinstance(body.input, str))
-        vectors = await infer("embeddings", texts, counts, normalize=body.normalize)
+        sentence = service.encoder.sentence
+        try:
+            prompt = sentence.resolve_prompt(body.prompt_name)
+        except BertkitError as e:
+            raise APIError(422, str(e), "prompt_name", "invalid_value") from None
+        counts = fit(await run_in_threadpool(service.count_tokens, sentence.prepare(texts, prompt)), body.truncate,
+                     isinstance(body.input, str))  # the prompt's tokens count: the model reads them
+        vectors = await infer("embeddings", texts, counts, normalize=body.normalize, prompt=prompt)
         if body.encoding_format == "base64":
             data = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors]
         else:
@@ -337,6 +299,7 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
         """Labels and probabilities (multilabel: "labels"; regression: "score") of texts or text pairs."""
+        check_model(body.model)
         require("classify")
         texts = texts_of(body.input)
         pairs = None if body.text_pair is None else texts_of(body.text_pair)
@@ -357,6 +320,7 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/ner")
     async def ner(body: NerRequest) -> dict[str, Any]:
         """Per-word tags and entity spans ({"type", "start", "end" (exclusive, in words), "text"})."""
+        check_model(body.model)
         require("ner")
         words = [x.split() if isinstance(x, str) else x for x in texts_of(body.input)]
         for i, w in enumerate(words):
@@ -371,6 +335,7 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/fill-mask")
     async def fill_mask(body: FillMaskRequest) -> dict[str, Any]:
         """For each text, for each [MASK] left to right, the top_k {"token", "token_id", "score", "sequence"}."""
+        check_model(body.model)
         require("fill-mask")
         texts = texts_of(body.input)
         counts = fit(await run_in_threadpool(service.count_tokens, texts), body.truncate, isinstance(body.input, str))
@@ -383,11 +348,17 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
         return {"data": [{"index": i, "predictions": p} for i, p in enumerate(preds)], "model": service.name,
                 "usage": usage(counts)}
 
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """OpenAI's model list: the one model this server serves."""
+        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0,
+                                            "owned_by": "bertkit"}]}
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": service.name, "capabilities": service.capabilities}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, which it is
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -25,6 +25,12 @@ class Metrics:
                                       ["capability"], buckets=_TOKEN_BUCKETS, registry=r)
         self.queue_wait = Histogram("bertkit_queue_wait_seconds", "Time a request waits before its engine call",
                                     ["capability"], buckets=_WAIT_BUCKETS, registry=r)
+        self.queue_requests = Gauge("bertkit_queue_requests", "Requests admitted and not yet answered (queue depth)",
+                                    ["capability"], registry=r)
+        self.queue_tokens = Gauge("bertkit_queue_tokens", "Tokens of the queued work not yet run",
+                                  ["capability"], registry=r)
+        self.rejected = Counter("bertkit_rejected_requests", "Requests refused or dropped by the batcher, by "
+                                "reason (queue_full, timeout, shutting_down)", ["capability", "reason"], registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition format."""

@@ -1,17 +1,17 @@
 """What a served model can do: load a model directory once and say which endpoints it serves.
 
-embeddings  always: the encoder (a task model's own encoder, mean pooling)
+embeddings  always: the encoder with the model's own pooling, Dense, Normalize and prompts (a task model's
+            own encoder: mean pooling)
 classify    sequence task models: classification, pair-classification, multilabel, regression
 ner         token-classification task models
-fill-mask   checkpoints with a trained MLM head (BertForMaskedLM layout)
+fill-mask   checkpoints with a trained MLM head (the family's XxxForMaskedLM layout)
 
 Weights are read once: a task model's embeddings run its own encoder module, and the MLM head of a
-masked-LM checkpoint sits on the encoder that ``Encoder.from_pretrained`` loaded.
+masked-LM checkpoint sits on the encoder that ``bertkit.loader.load`` loaded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,17 +21,18 @@ from typing import Any
 import numpy as np
 
 from bertkit.encoder import Encoder
+from bertkit.errors import BertkitError
 from bertkit.fill_mask import FillMask
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import EngineOptions
+from bertkit.loader import encoder_of, inspect, load, load_task_model
 from bertkit.model.mlm import MaskedLM, has_mlm_head
-from bertkit.task_model import TASK_FILE, TaskModel
+from bertkit.task_model import TaskModel
 
 log = logging.getLogger("bertkit")
 
 CAPABILITIES = ("embeddings", "classify", "ner", "fill-mask")
 SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regression")
-_TASK_ARCHITECTURES = ("BertForSequenceClassification", "BertForTokenClassification")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Service:
     encoder: Encoder
     task_model: TaskModel | None = None
     fill_mask: FillMask | None = None
-    pooling: str = "mean"
+    pooling: str | None = None  # None: the model's own
 
     @property
     def max_length(self) -> int:
@@ -49,6 +50,11 @@ class Service:
     @property
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
+
+    @property
+    def embedding_dim(self) -> int:
+        """The size of the vectors /v1/embeddings returns (the model's Dense modules may change it)."""
+        return self.encoder.sentence.dim(self.pooling)
 
     @property
     def capabilities(self) -> list[str]:
@@ -80,9 +86,9 @@ class Service:
         return self.count_tokens([" ".join(w) for w in words])
 
     # ---- inference (called by the batchers' worker threads with whole merged lists) -------
-    def embed(self, texts: list[str], normalize: bool) -> np.ndarray:
-        """(len(texts), hidden) float32."""
-        return self.encoder.embed(texts, pooling=self.pooling, normalize=normalize, progress=False)
+    def embed(self, texts: list[str], normalize: bool | None, prompt: str | None = None) -> np.ndarray:
+        """(len(texts), embedding_dim) float32; None: the model's own normalization / default prompt."""
+        return self.encoder.embed(texts, pooling=self.pooling, normalize=normalize, progress=False, prompt=prompt)
 
     def classify(self, items: list[tuple[str, str | None]], paired: bool) -> list[dict[str, Any]]:
         assert self.task_model is not None
@@ -105,31 +111,31 @@ class Service:
 
 
 def is_task_dir(directory: Path) -> bool:
-    """A fine-tuned model: ours (bertkit_task.json) or transformers' BertFor{Sequence,Token}Classification."""
-    if (directory / TASK_FILE).is_file():
-        return True
-    config = directory / "config.json"
-    if not config.is_file():
+    """A fine-tuned model of any family: ours (bertkit_task.json) or transformers' XxxForSequenceClassification /
+    XxxForTokenClassification."""
+    try:
+        return inspect(directory).is_task_model
+    except BertkitError:
         return False
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    return any(a in _TASK_ARCHITECTURES for a in architectures)
 
 
 def load_service(model: str | None = None, options: EngineOptions | None = None) -> Service:
-    """Load a built-in name or a local model directory (default all-MiniLM-L6-v2) for serving."""
+    """Load a built-in name, a local model directory of any family and format, or an ``org/name`` in the local
+    Hugging Face cache (default all-MiniLM-L6-v2) for serving, through ``bertkit.loader``."""
     options = options or EngineOptions()
-    directory = resolve_model_dir(model)
+    info = inspect(model)
     name = str(model or DEFAULT_MODEL)
-    if is_task_dir(directory):
-        tm = TaskModel.from_pretrained(directory, engine=options)
+    if info.is_task_model:
+        tm = load_task_model(info.path, engine=options)
         # The encoder module (and engine) the task head runs on: embeddings need no second copy of the weights.
-        enc = Encoder(tm.head.encoder, tm.tokenizer, tm.max_length, name=name, source_dir=directory,
-                      engine=tm.engine)
-        enc.onnx = tm.onnx  # the exported task graph also outputs last_hidden_state
+        enc = encoder_of(tm, info)
+        enc.name = name
         return Service(name, enc, task_model=tm)
-    enc = Encoder.from_pretrained(model, engine=options)
+    enc = load(info.path, engine=options)
+    enc.name = name
     fm = None
-    if has_mlm_head(enc.head_state):  # the MLM head sits on the encoder just loaded (torch, even with onnx)
-        fm = FillMask(MaskedLM.from_encoder(enc.model, enc.head_state, str(directory)), enc.tokenizer,
+    spec = info.family.mlm
+    if has_mlm_head(enc.head_state, spec):  # the MLM head sits on the encoder just loaded (torch, even with onnx)
+        fm = FillMask(MaskedLM.from_encoder(enc.model, enc.head_state, str(info.path)), enc.tokenizer,
                       enc.max_length, head_trained=True, name=name, engine=enc.engine)
     return Service(name, enc, fill_mask=fm)

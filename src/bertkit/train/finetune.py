@@ -29,13 +29,13 @@ from torch import Tensor, nn
 
 from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import pick_device
 from bertkit.errors import BertkitError
-from bertkit.hub import DEFAULT_MODEL, resolve_model_dir
+from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.bert import BertModel
+from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
-from bertkit.model.weights import load_pretrained
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.checkpoint import checkpoint_dir
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
@@ -217,18 +217,18 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
             check_known_labels(train, other)
     prepare_output_dir(out, resume, overwrite)
 
-    model_dir = resolve_model_dir(cfg.model)
     device = pick_device(tcfg.device)
     if device.type == "cpu":
         tune_allocator()
     torch.manual_seed(tcfg.seed)  # the head's initial weights
-    encoder, _ = load_pretrained(model_dir)
+    encoder, _, info = load_encoder(cfg.model, who="fine-tuning")
+    model_dir = info.path
     strip_task_keys(encoder.config)  # a task checkpoint as the starting model: its old labels do not apply
     labels = train.label_names() if cfg.task != "regression" else []
     head = build_head(encoder, cfg.task, max(len(labels), 1))
     apply_stability_options(encoder, cfg)
-    tm = TaskModel(head, WordPieceTokenizer.from_dir(model_dir), cfg.task, labels,
-                   min(cfg.max_length, encoder.config.max_position_embeddings), out)
+    tm = TaskModel(head, Tokenizer.from_dir(info.weights_dir), cfg.task, labels,
+                   min(cfg.max_length, encoder.config.max_tokens), out)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2) + "\n")

@@ -1,11 +1,21 @@
 """Pretraining: corpus -> token cache -> packed, masked sequences -> MLM or ELECTRA -> an encoder on disk.
 
 The output directory holds:
-  config.json, model.safetensors, tokenizer files   the model (BertForMaskedLM layout for MLM; the
-                                                     discriminator as a plain BertModel for ELECTRA)
+  config.json, model.safetensors, tokenizer files   the model in its family's layout: ``XxxForMaskedLM`` for MLM
+                                                     (BertForMaskedLM, RobertaForMaskedLM, DebertaV2ForMaskedLM ...);
+                                                     for ELECTRA the discriminator, as ``ElectraForPreTraining``
+                                                     (with its replaced-token head) for the electra family and as
+                                                     the plain base model (BertModel ...) for the others
   checkpoints/step-*.pt                              the last K training checkpoints (resume)
   metrics.jsonl, training_curve.png                  train loss, held-out loss and masked-token accuracy
   pretrain_config.json, results.json                 what was asked, what came out
+
+The model: ``init_from`` continues any checkpoint ``bertkit.model.directory.load_encoder`` reads (every family, HF
+or sentence-transformers or bertkit layout), with its tokenizer and its MLM head (a new head in the family's layout
+when it has none); or the recipe's ``model`` section builds a new one of ``model.family`` (bert, roberta,
+deberta-v2, modernbert, electra, distilbert, mpnet; see ``new_encoder_config``). Sequences are never longer than
+the model takes (``EncoderConfig.max_tokens``: RoBERTa and MPNet lose positions to their offset), and token types
+reach only the families that have them.
 
 Batches: ``global_batch_size`` sequences per optimizer step, split over ranks (torchrun) and then into
 micro-batches of ``training.batch_size``; ``grad_accum`` follows from the three. Every sequence is masked
@@ -19,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,17 +43,18 @@ from torch import Tensor, nn
 
 from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order, shard_batches
 from bertkit.data.masking import MaskingConfig, VocabInfo, mask_sequences
-from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.data.tokenizer import Tokenizer
 from bertkit.data.wordpiece import train_wordpiece
 from bertkit.errors import BertkitError, ConfigError
 from bertkit.hub import resolve_model_dir
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
-from bertkit.model.electra import Electra
+from bertkit.model.directory import inspect_model_dir, load_encoder
+from bertkit.model.electra import GENERATOR_DIR, Electra
+from bertkit.model.families import FAMILIES, config_from_hf, describe_architecture, family_of, hf_config
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.mlm import MaskedLM
-from bertkit.model.weights import load_pretrained, save_weights
 from bertkit.train.distributed import DistInfo, init_distributed
 from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
 from bertkit.train.finetune import prepare_output_dir
@@ -63,7 +75,7 @@ OUTPUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt
 @dataclass
 class PretrainConfig:
     objective: str = "mlm"  # mlm | electra
-    model: dict[str, Any] = field(default_factory=dict)  # EncoderConfig fields of a new model
+    model: dict[str, Any] = field(default_factory=dict)  # a new model: family + its config.json settings
     init_from: str | None = None  # continue pretraining this model (built-in name or directory) instead
     freeze_encoder: bool = False  # train the MLM head only: a probe of what the encoder already knows
     tokenizer: str | None = None  # a tokenizer directory or model name; None: init_from's, or train one
@@ -75,6 +87,7 @@ class PretrainConfig:
     mlm_rate: float = 0.3  # MosaicBERT: 30% beats BERT's 15%
     whole_word_mask: bool = False
     generator_fraction: float = 0.25  # electra: generator width / discriminator width
+    generator_from: str | None = None  # electra: an ElectraForMaskedLM to continue with; None: init_from/generator
     disc_weight: float = 50.0  # electra: weight of the discriminator loss
     global_batch_size: int = 64  # sequences per optimizer step, all ranks and micro-batches together
     eval_sequences: int = 256  # held out from the corpus for evaluation
@@ -112,7 +125,92 @@ class PretrainConfig:
             raise ConfigError(f"setting max_length must be >= 8, got {self.max_length}")
         if self.global_batch_size < 1:
             raise ConfigError(f"setting global_batch_size must be >= 1, got {self.global_batch_size}")
+        if self.model:  # checked now, with a stand-in vocabulary: the tokenizer's is known only when the run starts
+            vocab = self.model.get("vocab_size")
+            check_length(self, new_encoder_config(self.model, vocab if isinstance(vocab, int) and vocab > 0 else 30522,
+                                                  self.model.get("pad_token_id", 0), self.max_length))
         self.training.validate()
+
+
+# A new model of each family starts from its transformers config class's defaults plus these: the options of the
+# family's reference checkpoint (roberta-base, deberta-v3-base, all-mpnet-base-v2 ...) where the class's defaults
+# differ. ModernBertConfig, ElectraConfig and DistilBertConfig default to ModernBERT-base,
+# electra-small-discriminator and distilbert-base already. The recipe gives the sizes.
+NEW_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bert": {},
+    "roberta": {"type_vocab_size": 1, "layer_norm_eps": 1e-5},
+    "deberta-v2": {"relative_attention": True, "position_buckets": 256, "max_relative_positions": -1,
+                   "pos_att_type": ["p2c", "c2p"], "share_att_key": True, "norm_rel_ebd": "layer_norm",
+                   "position_biased_input": False, "type_vocab_size": 0},
+    "modernbert": {},
+    "electra": {},
+    "distilbert": {},
+    "mpnet": {"layer_norm_eps": 1e-5},
+}
+DEFAULT_MAX_POSITIONS = 512  # a new model's max_position_embeddings when the recipe gives none (or max_length)
+
+
+def family_settings(family_name: str) -> list[str]:
+    """The ``model`` settings a family takes: the keys of its config.json that bertkit reads."""
+    family = FAMILIES[family_name]
+    if family_name == "bert":  # BERT's config is ours: every EncoderConfig field
+        keys = {f.name for f in dataclasses.fields(EncoderConfig)} - {"extra", "pruned_heads", "intermediate_sizes"}
+    else:
+        keys = family.from_hf({"model_type": family.model_types[0]})[1]
+    return sorted(keys - {"model_type"})
+
+
+def new_encoder_config(model: dict[str, Any], vocab_size: int, pad_token_id: int, max_length: int) -> EncoderConfig:
+    """The config of a new encoder from a recipe's ``model`` section.
+
+    ``model.family`` (default bert) picks the family, ``model.model_type`` one of its model types (xlm-roberta ...);
+    every other key is a setting of the family's own config.json (``hidden_size``, ``num_hidden_layers``, and the
+    family's options: DeBERTa's ``position_buckets``, ModernBERT's ``global_attn_every_n_layers`` ...; BERT takes
+    every bertkit option too, e.g. ``ffn_type: glu``, ``position_embedding_type: alibi``), on top of the family's
+    defaults (``NEW_MODEL_DEFAULTS``). ``vocab_size`` and ``pad_token_id`` are the tokenizer's; a larger
+    ``vocab_size`` may be given. ``max_position_embeddings`` defaults to room for ``max(max_length, 512)`` tokens
+    after the family's position offset. A key the family does not have, a value it cannot take or a combination its
+    transformers class cannot express is a ConfigError naming the setting.
+    """
+    if not isinstance(model, dict):
+        raise ConfigError(f"setting model must be a mapping of settings, got {type(model).__name__}")
+    fields = dict(model)
+    name = fields.pop("family", "bert")
+    if name not in FAMILIES:
+        raise ConfigError(f"setting model.family is {name!r}; choose one of {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    model_type = fields.pop("model_type", family.model_types[0])
+    if model_type not in family.model_types:
+        raise ConfigError(f"setting model.model_type is {model_type!r}; family {name} has "
+                          f"{', '.join(family.model_types)}")
+    known = family_settings(name)
+    unknown = sorted(k for k in fields if k not in known)
+    if unknown:
+        raise ConfigError(f"setting model.{unknown[0]} is not a setting of family {name}; its settings: "
+                          f"{', '.join(known)}")
+    given_vocab = fields.get("vocab_size", vocab_size)
+    if isinstance(given_vocab, int) and given_vocab < vocab_size:
+        raise ConfigError(f"setting model.vocab_size is {given_vocab} but the tokenizer has {vocab_size} tokens; "
+                          "the embedding table needs a row for each (leave vocab_size out to take the tokenizer's)")
+    if fields.get("pad_token_id", pad_token_id) != pad_token_id:
+        raise ConfigError(f"setting model.pad_token_id is {fields['pad_token_id']!r} but the tokenizer's padding "
+                          f"token has id {pad_token_id}; leave it out to take the tokenizer's")
+    d = {**NEW_MODEL_DEFAULTS[name], **fields, "model_type": model_type, "vocab_size": given_vocab,
+         "pad_token_id": pad_token_id}
+
+    def translate(d: dict[str, Any]) -> EncoderConfig:
+        try:
+            cfg = config_from_hf(d, source="setting model")
+            hf_config(cfg)  # refuses what the family's transformers class cannot express
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith("setting model") else f"setting model: {e}") from None
+        return cfg
+
+    cfg = translate(d)
+    if "max_position_embeddings" not in fields:  # room for the longest sequence after the position offset
+        cfg = translate({**d, "max_position_embeddings": max(max_length, DEFAULT_MAX_POSITIONS)
+                         + cfg.position_offset})
+    return cfg
 
 
 @dataclass
@@ -198,55 +296,59 @@ def evaluate_mlm(model: nn.Module, batches: list[MLMBatch], device: torch.device
     return out
 
 
-def default_cache_dir(corpus: list[str], tokenizer: WordPieceTokenizer) -> Path:
+def default_cache_dir(corpus: list[str], tokenizer: Tokenizer) -> Path:
     key = hashlib.sha256(json.dumps([corpus, tokenizer.fingerprint()]).encode()).hexdigest()[:16]
     root = Path(os.environ.get("BERTKIT_CACHE", Path.home() / ".cache" / "bertkit"))
     return root / "tokens" / key
 
 
-def prepare_tokenizer(cfg: PretrainConfig, out: Path, dist: DistInfo) -> WordPieceTokenizer:
+def prepare_tokenizer(cfg: PretrainConfig, out: Path, dist: DistInfo) -> Tokenizer:
     """The configured tokenizer, init_from's, or one trained on the corpus (rank 0 trains; others wait)."""
-    if cfg.tokenizer or cfg.init_from:
-        return WordPieceTokenizer.from_dir(resolve_model_dir(cfg.tokenizer or cfg.init_from))
+    if cfg.tokenizer:
+        return Tokenizer.from_dir(resolve_model_dir(cfg.tokenizer))
+    if cfg.init_from:  # a sentence-transformers directory keeps it with the Transformer module's files
+        return Tokenizer.from_dir(inspect_model_dir(cfg.init_from).weights_dir)
     if dist.is_main and not (out / "tokenizer.json").is_file():
         train_wordpiece(cfg.corpus, cfg.vocab_size, out, lowercase=cfg.lowercase)
     dist.barrier()
-    return WordPieceTokenizer.from_dir(out)
+    return Tokenizer.from_dir(out)
 
 
-def build_model(cfg: PretrainConfig, tok: WordPieceTokenizer) -> tuple[nn.Module, BertModel]:
-    """(the module trained, the encoder inside it)."""
+def build_model(cfg: PretrainConfig, tok: Tokenizer) -> tuple[nn.Module, BertModel]:
+    """(the module trained, the encoder inside it): init_from's encoder (and heads), or a new one of model.family."""
     if cfg.init_from:
-        encoder, heads = load_pretrained(resolve_model_dir(cfg.init_from))
+        encoder, heads, info = load_encoder(cfg.init_from, who="continued pretraining (init_from)")
         strip_task_keys(encoder.config)
-        if encoder.config.vocab_size != tok.vocab_size:
-            raise ConfigError(f"init_from {cfg.init_from}: vocab_size {encoder.config.vocab_size} differs from the "
-                              f"tokenizer's {tok.vocab_size}")
+        if tok.vocab_size > encoder.config.vocab_size:
+            raise ConfigError(f"init_from {cfg.init_from}: the tokenizer has {tok.vocab_size} tokens but the model's "
+                              f"embedding table only {encoder.config.vocab_size} rows (vocab_size)")
+        source = str(info.path)
         if cfg.objective == "mlm":
-            return MaskedLM.from_encoder(encoder, heads, cfg.init_from), encoder
-        return Electra(encoder, cfg.generator_fraction, cfg.disc_weight), encoder
-    fields = dict(cfg.model)
-    if "vocab_size" in fields and fields["vocab_size"] != tok.vocab_size:
-        raise ConfigError(f"setting model.vocab_size is {fields['vocab_size']} but the tokenizer has "
-                          f"{tok.vocab_size} tokens; leave it out to take the tokenizer's")
-    fields.update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id)
-    fields.setdefault("max_position_embeddings", max(cfg.max_length, 512))
-    try:
-        ecfg = EncoderConfig.from_dict(fields)
-    except (ConfigError, TypeError) as e:
-        raise ConfigError(f"setting model: {e}") from None
+            return MaskedLM.from_encoder(encoder, heads, source), encoder
+        generator = cfg.generator_from
+        if generator is None and (info.path / GENERATOR_DIR / "config.json").is_file():
+            generator = str(info.path / GENERATOR_DIR)  # saved beside the discriminator by an earlier run
+        return Electra.from_encoder(encoder, heads, source, cfg.generator_fraction, cfg.disc_weight,
+                                    generator), encoder
+    ecfg = new_encoder_config(cfg.model, tok.vocab_size, tok.pad_id, cfg.max_length)
     encoder = BertModel(ecfg, add_pooler=False)
     if cfg.objective == "mlm":
         return MaskedLM(encoder), encoder
     return Electra(encoder, cfg.generator_fraction, cfg.disc_weight), encoder
 
 
-def save_model(model: nn.Module, encoder: BertModel, tok: WordPieceTokenizer, out: Path) -> None:
-    if isinstance(model, MaskedLM):
-        model.save_pretrained(out)
-    else:  # ELECTRA: the discriminator is the encoder to fine-tune
-        encoder.config.save(out)
-        save_weights(encoder, out)
+def check_length(cfg: PretrainConfig, ecfg: EncoderConfig) -> None:
+    """Packed rows are ``max_length`` tokens: no more than the model has positions for."""
+    if cfg.max_length > ecfg.max_tokens:
+        offset = f" - position offset {ecfg.position_offset}" if ecfg.position_offset else ""
+        raise ConfigError(f"setting max_length is {cfg.max_length} but {cfg.init_from or 'the model'} takes at most "
+                          f"{ecfg.max_tokens} tokens (max_position_embeddings {ecfg.max_position_embeddings}"
+                          f"{offset}); lower max_length")
+
+
+def save_model(model: nn.Module, tok: Tokenizer, out: Path) -> None:
+    """The family's layout: ``XxxForMaskedLM`` for MLM; for ELECTRA the discriminator (see ``model/electra.py``)."""
+    model.save_pretrained(out)
     tok.save(out)
 
 
@@ -276,11 +378,21 @@ def pretrain(output_dir: str | os.PathLike[str], config: PretrainConfig, *, resu
                                                       else "mlm_accuracy"))
     if dist.is_main:
         prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+        if overwrite and not resume:  # an earlier ELECTRA run's generator
+            shutil.rmtree(out / GENERATOR_DIR, ignore_errors=True)
     dist.barrier()
     if dist.device.type == "cpu":
         tune_allocator()
 
     tok = prepare_tokenizer(cfg, out, dist)
+    torch.manual_seed(tcfg.seed)  # a new model's initial weights: the same on every rank
+    model, encoder = build_model(cfg, tok)  # before the corpus is read: a bad model setting fails in seconds
+    check_length(cfg, encoder.config)
+    if cfg.freeze_encoder:
+        if cfg.objective != "mlm":
+            raise ConfigError("freeze_encoder applies to objective mlm only")
+        encoder.requires_grad_(False)  # the decoder stays tied to the (frozen) word embeddings
+        log.info("encoder frozen: training the MLM head's transform and bias only")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.corpus, tok)
     if dist.is_main:  # rank 0 builds the cache; the others open the finished one
         cache = build_token_cache(cfg.corpus, tok, cache_dir)
@@ -303,18 +415,12 @@ def pretrain(output_dir: str | os.PathLike[str], config: PretrainConfig, *, resu
         steps = shard_batches(order, cfg.global_batch_size, dist.rank, dist.world_size)
         return MaskedBatches(seqs, steps, micro, tcfg.seed, epoch, vocab, masking)
 
-    torch.manual_seed(tcfg.seed)  # a new model's initial weights: the same on every rank
-    model, encoder = build_model(cfg, tok)
-    if cfg.freeze_encoder:
-        if cfg.objective != "mlm":
-            raise ConfigError("freeze_encoder applies to objective mlm only")
-        encoder.requires_grad_(False)  # the decoder stays tied to the (frozen) word embeddings
-        log.info("encoder frozen: training the MLM head's transform and bias only")
     if dist.is_main:
         atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
-    log.info("pretraining (%s) a %d-layer, %d-wide encoder (%.1fM parameters) on %s: %d train / %d held-out "
+    log.info("pretraining (%s) a %d-layer, %d-wide %s (%.1fM parameters) on %s: %d train / %d held-out "
              "sequences of %d tokens, global batch %d = %d rank(s) x %d micro-batches x %d", cfg.objective,
-             encoder.config.num_hidden_layers, encoder.config.hidden_size, encoder.num_parameters() / 1e6,
+             encoder.config.num_hidden_layers, encoder.config.hidden_size, describe_architecture(encoder.config),
+             encoder.num_parameters() / 1e6,
              ", ".join(cfg.corpus), len(train_rows), len(eval_rows), cfg.max_length, cfg.global_batch_size,
              dist.world_size, tcfg.grad_accum, micro)
     fingerprint = {"objective": cfg.objective, "corpus": cfg.corpus, "tokenizer": tok.fingerprint(),
@@ -335,8 +441,10 @@ def pretrain(output_dir: str | os.PathLike[str], config: PretrainConfig, *, resu
     state = trainer.fit(resume=resume)
     final = state.history[-1] if state.history else {}
     if dist.is_main:
-        save_model(model, encoder, tok, out)
-        results = {"objective": cfg.objective, "stopped": state.stopped, "steps": state.step,
+        save_model(model, tok, out)
+        results = {"objective": cfg.objective, "family": family_of(encoder.config).name,
+                   "architecture": json.loads((out / "config.json").read_text())["architectures"][0],
+                   "stopped": state.stopped, "steps": state.step,
                    "train_seconds": round(state.elapsed, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
                    "train_tokens": state.tokens,
                    "train_tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),

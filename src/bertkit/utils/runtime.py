@@ -5,6 +5,10 @@ returns them on free, so every large activation tensor page-faults anew. On this
 cost 30% of embedding throughput at 256-token batches (4,700 -> 6,750 tokens/s, see README). Raising
 the threshold keeps freed blocks in the heap for reuse, as jemalloc/tcmalloc would; the price is a
 higher resident set after peaks. Set ``BERTKIT_MALLOC_TUNING=0`` to leave the allocator alone.
+``trim_heap()`` returns free heap pages to the OS; the server calls it every few seconds under load.
+
+``cache_dir()`` is where per-machine and per-model decisions are kept (the CPU kernel choice, int8
+calibration): ``$BERTKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/bertkit``, else ``~/.cache/bertkit``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ import ctypes.util
 import logging
 import os
 import sys
+import threading
+import time
+from pathlib import Path
 
 log = logging.getLogger("bertkit")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _state: dict[str, bool] = {}
+_trim_state = {"last": float("-inf")}
+_trim_lock = threading.Lock()
 
 
 def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
@@ -39,3 +48,36 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
                  else "not changed (mallopt unavailable)")
     _state["malloc"] = applied
     return applied
+
+
+def trim_heap(min_interval_s: float = 0.0) -> bool:
+    """Give the allocator's free pages back to the OS (glibc ``malloc_trim(0)``, every arena), at most once per
+    ``min_interval_s`` seconds in this process. Returns whether it trimmed.
+
+    Why: a long-running server that tokenizes many small requests fragments glibc's heaps; the free memory
+    stays resident and the resident set creeps up without a plateau (measured: +8% from 2,000 to 5,000
+    requests, whether or not ``tune_allocator`` ran and with 2 arenas as with 16; a trim every ~10 s kept it
+    flat; see README, serving). One trim every few seconds costs nothing measurable; one per batch would
+    bring back the page faults ``tune_allocator`` removes.
+    """
+    now = time.monotonic()
+    with _trim_lock:
+        if now - _trim_state["last"] < min_interval_s:
+            return False
+        _trim_state["last"] = now
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return False
+    return True
+
+
+def cache_dir() -> Path:
+    """The folder for bertkit's caches (not created here; writers create it)."""
+    if os.environ.get("BERTKIT_CACHE_DIR"):
+        return Path(os.environ["BERTKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bertkit"
