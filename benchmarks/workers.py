@@ -19,8 +19,19 @@ def spawn(script: str, args: list[str], **env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_info() -> dict:
+    """The CPU the numbers were measured on: model, class and torch's capability (``bertkit.inference.cpu``)."""
+    from bertkit.inference.cpu import detect
+
+    info = detect()
+    return {"cpu_model": info.model, "cpu_class": info.cpu_class, "torch_cpu_capability": info.torch_capability,
+            "cores": os.cpu_count()}
+
+
 def write_report(path: str | os.PathLike[str], report: dict) -> None:
-    """``report`` as indented JSON at ``path``, through a temp file: a killed run never leaves half a file."""
+    """``report`` as indented JSON at ``path``, through a temp file: a killed run never leaves half a file.
+    Every report gets a ``cpu`` entry (``cpu_info``) unless it already carries one."""
+    report = {**report, "cpu": report.get("cpu") or cpu_info()}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -44,7 +44,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import Tensor, nn
@@ -315,6 +314,10 @@ def export_onnx(model: str | os.PathLike[str] | None, output: str | os.PathLike[
     if files:
         log.info("onnx: copied %d model files from %s to %s", len(files), src, out)
     batch = _fixed_batch(graph.encoder.config)
+
+    # The onnx package is needed only here (checker, opset): imported when exporting, so that loading an
+    # export for inference does not pay its ~1 s import.
+    import onnx
 
     t0 = time.perf_counter()
     with atomic_path(out / ONNX_FILE) as tmp:  # nothing replaces model.onnx unless it passes the checks
