@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers import spawn, write_report
+from workers import cpu_info, spawn, write_report
 
 HERE = Path(__file__).resolve().parent
 ONNX_DIR = HERE.parent / "runs" / "bench" / "minilm-onnx"
@@ -234,14 +234,13 @@ def ensure_onnx() -> None:
 
 
 def machine() -> dict:
+    """``workers.cpu_info`` (model, class, capability, cores) plus the features and the kernel choice."""
     import torch
 
     from bertkit.inference.cpu import detect, kernels
 
-    info, choice = detect(), kernels()
-    return {"cpu_model": info.model, "cpu_class": info.cpu_class, "cpu_features": sorted(info.flags),
-            "torch_cpu_capability": info.torch_capability, "torch": torch.__version__,
-            "kernel_choice": choice.describe(), "python": platform.python_version(), "cores": os.cpu_count()}
+    return {**cpu_info(), "cpu_features": sorted(detect().flags), "torch": torch.__version__,
+            "kernel_choice": kernels().describe(), "python": platform.python_version()}
 
 
 def summarize(engines: list[str], runs: dict[str, list[dict]], vec_dir: Path) -> dict:

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers import spawn, write_report
+from workers import cpu_info, spawn, write_report
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "runs" / "bench" / "families"  # built once, reused while the spec is unchanged
@@ -295,16 +295,6 @@ def profile(family: str, mode: str, args: argparse.Namespace) -> str:
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--texts", type=int, default=512)
@@ -390,7 +380,7 @@ def main() -> None:
         "lengths": {"median": float(np.median(lengths)), "p5": float(np.percentile(lengths, 5)),
                     "p95": float(np.percentile(lengths, 95)), "max": max(lengths)},
         "models": {f: spec(f) for f in measured},
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_info()["cpu_model"], "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch_cpu_capability": raw[measured[0]]["bertkit"][0]["cpu_capability"]},
         "goals": GOALS,
         "results": results,
