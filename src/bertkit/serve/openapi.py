@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from bertkit.serve.errors import ERROR_SCHEMA
 
 if TYPE_CHECKING:
-    from bertkit.serve.app import ServerConfig
+    from bertkit.serve.config import ServerConfig
     from bertkit.serve.service import Service
 
 REQUESTS = {"EmbeddingsRequest": None, "ClassifyRequest": None, "NerRequest": r"\S", "FillMaskRequest": r"\[MASK\]"}
