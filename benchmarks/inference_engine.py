@@ -14,7 +14,7 @@ Quality: every engine's mean-pooled, L2-normalized embeddings against transforme
 cosine over the 2,000 sequences. Latency: 200 sequences of the workload one at a time, median ms per call.
 
     python benchmarks/inference_engine.py [--rounds 2] [--texts 2000] [--quick]
-    python benchmarks/inference_engine.py --int8-ablation      # which int8 recipe (README's int8 table)
+    python benchmarks/inference_engine.py --int8-ablation      # which int8 recipe (docs/benchmarks.md, "int8 variants")
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def worker(engine: str, n_texts: int, threads: int, out_dir: Path) -> dict:
 
 def int8_ablation(n_texts: int, threads: int) -> dict:
     """Which int8 recipe: worst/mean cosine to bertkit fp32 and tokens/s of each variant, one process, one pass
-    each (``--int8-ablation``; the README's int8 table)."""
+    each (``--int8-ablation``; docs/benchmarks.md's "int8 variants" table)."""
     import copy
 
     import torch

@@ -66,7 +66,7 @@ def run_once(out: Path, reuse: bool, *args: str) -> dict:
 
 
 def finetune(model: Path, out: Path, lr: str, reuse: bool) -> dict:
-    r = run_once(out, reuse, "finetune", "--config", str(HERE.parent / "recipes" / "bbc-news.yaml"), "--model",
+    r = run_once(out, reuse, "finetune", "--recipe", str(HERE.parent / "recipes" / "bbc-news.yaml"), "--model",
                  str(model), "--output", str(out), "--overwrite", "--no-progress", "--lr", lr)
     return {"test": r["test"], "dev": r["dev"], "train_seconds": r["train_seconds"]}
 

@@ -87,9 +87,9 @@ def worker(engine: str, steps: int) -> dict:
     if engine.startswith("bertkit"):
         from bertkit.model.attention import Packing
         from bertkit.model.mlm import MaskedLM
-        from bertkit.train.engine import TrainConfig, Trainer
         from bertkit.train.plot import read_metrics
         from bertkit.train.pretrain import MLMBatch, mlm_loss
+        from bertkit.train.trainer import TrainConfig, Trainer
 
         model = MaskedLM.from_pretrained(d)
         packing = Packing.from_lengths([SEQ] * BATCH)

@@ -10,7 +10,8 @@ Goal (issue 15): RSS after 20,000 requests within 10% of RSS after 2,000.
 
 ``--variant NAME:KEY=VALUE,--flag=value,...`` runs the workload once more per variant, with those environment
 variables and ``bertkit serve`` flags (e.g. ``glibc-default:BERTKIT_MALLOC_TUNING=0`` or
-``no-trim:--heap-trim-interval=0``); that is how the cause was found (README).
+``no-trim:--heap-trim-interval=0``); that is how the cause was found (docs/benchmarks.md, "Server memory under
+steady load").
 
     python benchmarks/serve_soak.py [--requests 20000] [--clients 8] [--max-texts 8] [--threads 2]
         [--variant NAME:KEY=VALUE,--flag=value,...] [--quick]

@@ -5,7 +5,7 @@ batches of the same examples (seeded shuffle), with the same recipe: AdamW (lr 5
 biases/LayerNorm, the fused kernel that transformers' Trainer picks by default for torch >= 2.8),
 linear schedule, clipping at 1.0, dropout 0.1 as configured by the model.
 
-  bertkit        ``bertkit.train.engine.Trainer`` on packed batches (the padding-free path)
+  bertkit        ``bertkit.train.trainer.Trainer`` on packed batches (the padding-free path)
   transformers   ``BertForSequenceClassification`` (SDPA attention), each batch padded to its
                  longest sequence as ``DataCollatorWithPadding`` does; a plain loop of
                  forward, backward, clip, step, schedule, zero_grad
@@ -71,7 +71,7 @@ def worker(engine: str, name: str, steps: int) -> dict:
         from bertkit.data.features import Features, make_batch
         from bertkit.model.weights import load_pretrained
         from bertkit.task_model import build_head
-        from bertkit.train.engine import TrainConfig, Trainer
+        from bertkit.train.trainer import TrainConfig, Trainer
 
         torch.manual_seed(0)
         encoder, _ = load_pretrained(resolve_model_dir())

@@ -1,4 +1,4 @@
-"""Encoder.embed / encode against sentence-transformers and transformers, and its edge cases."""
+"""Encoder.embed / encode / token_states against sentence-transformers and transformers, and its edge cases."""
 
 import logging
 
@@ -32,6 +32,26 @@ def test_matches_sentence_transformers(minilm, minilm_dir):
     minilm.model.path = "unpadded"
 
 
+def test_encode_is_sentence_transformers_encode(minilm, minilm_dir):
+    """``encode`` takes sentence-transformers' arguments and gives its outputs; the old token-state form warns."""
+    st = pytest.importorskip("sentence_transformers")
+    ref_model = st.SentenceTransformer(str(minilm_dir), device="cpu")
+    ref = ref_model.encode(TEXTS, batch_size=3)
+    got = minilm.encode(TEXTS, batch_size=3)
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5
+    assert np.abs(minilm.encode(TEXTS[0]) - ref_model.encode(TEXTS[0])).max() <= 1e-5  # one string: one vector
+    assert np.abs(minilm.encode(TEXTS, normalize_embeddings=True) - ref).max() <= 1e-5  # already normalized
+    tokens = ref_model.encode(TEXTS[:3], output_value="token_embeddings")
+    for a, b in zip(minilm.encode(TEXTS[:3], output_value="token_embeddings"), tokens, strict=True):
+        assert a.shape == tuple(b.shape) and np.abs(a - b.numpy()).max() <= 1e-4
+    with pytest.raises(ValueError, match="output_value"):
+        minilm.encode(TEXTS, output_value="tokens")
+    with pytest.warns(DeprecationWarning, match="token_states"):
+        old = minilm.encode(TEXTS[:2], TEXTS[2:4])  # the pre-0.2 form: (texts, pairs) -> token states
+    for a, b in zip(old, minilm.token_states(TEXTS[:2], TEXTS[2:4]), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_cls_pooling_and_unnormalized(minilm, hf_minilm):
     texts = ["hello there", "a slightly longer sentence here"]
     batch = minilm.tokenize(texts)
@@ -53,7 +73,7 @@ def test_order_and_batch_size_invariance(minilm):
 
 def test_empty_inputs(minilm):
     assert minilm.embed([]).shape == (0, 384)
-    assert minilm.encode([]) == []
+    assert minilm.token_states([]) == []
     e = minilm.embed(["", "   ", "\n"])
     assert np.abs(e - e[0]).max() < 1e-6  # all embedded as [CLS][SEP]
     ids = minilm.tokenize([""]).ids[0]
@@ -69,7 +89,7 @@ def test_truncation_reported_once(minilm, caplog):
 
 def test_encode_token_states(minilm, hf_minilm):
     texts = ["first text", "the second, longer text of the two"]
-    states = minilm.encode(texts)
+    states = minilm.token_states(texts)
     for text, s in zip(texts, states, strict=True):
         ids = minilm.tokenize([text]).ids[0]
         with torch.inference_mode():

@@ -61,7 +61,7 @@ def test_load_and_embed_match_transformers(family_dir, variant):
     ours = enc.embed(TEXTS)
     want, _ = hf_mean_embeddings(d, TEXTS, enc.max_length)
     assert np.abs(ours - want).max() <= 1e-5, f"{variant}: embeddings differ from transformers"
-    states = enc.encode(TEXTS[:2], pairs=TEXTS[2:4])  # pairs: the family's own template and token types
+    states = enc.token_states(TEXTS[:2], pairs=TEXTS[2:4])  # pairs: the family's own template and token types
     tok = transformers.AutoTokenizer.from_pretrained(d)
     pair_ids = tok(TEXTS[:2], TEXTS[2:4], truncation=True, max_length=enc.max_length)["input_ids"]
     assert [s.shape[0] for s in states] == [len(x) for x in pair_ids]
@@ -74,7 +74,7 @@ def test_max_length_is_the_models_own(family_dir, variant):
     cfg = enc.model.config
     assert enc.max_length <= cfg.max_position_embeddings - cfg.position_offset
     long = " ".join(random.Random(0).choices(WORDS, k=400))
-    (states,) = enc.encode([long])
+    (states,) = enc.token_states([long])
     assert states.shape[0] == enc.max_length
 
 
@@ -152,7 +152,7 @@ def test_sentence_transformers_directory_with_the_transformer_in_a_subfolder(fam
     assert info.format == "sentence-transformers" and info.weights_dir == root / "0_Transformer"
     enc = bertkit.load(root)
     direct = bertkit.load(family_dir("roberta"))
-    (h,) = direct.encode(["a river"])
+    (h,) = direct.token_states(["a river"])
     # the directory's own settings: cls pooling, and no Normalize module, so no normalization (as sentence-transformers)
     assert np.abs(enc.embed(["a river"])[0] - h[0]).max() <= 1e-5
 

@@ -7,9 +7,9 @@ from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
 from bertkit.model.families import FAMILIES
 from bertkit.task_model import TaskModel
-from bertkit.train.engine import TrainConfig
 from bertkit.train.finetune import FinetuneConfig, finetune
 from bertkit.train.pretrain import PretrainConfig, pretrain
+from bertkit.train.trainer import TrainConfig
 
 __version__ = "0.1.0"
 __all__ = ["FAMILIES", "BertModel", "BertkitError", "CheckpointError", "ConfigError", "Encoder", "EncoderConfig",

@@ -25,7 +25,7 @@ def search_demo(model: str | None = None, queries: tuple[str, ...] = DEFAULT_QUE
                 reranker: str | Path | None = "runs/bbc-reranker", rerank_top: int = 20) -> dict[str, float]:
     """Index BBC News (or reuse the index built before with the same model and articles) and search it;
     where a cross-encoder has been trained (``bertkit train-reranker``), re-rank the top ``rerank_top``."""
-    from bertkit.cli.index import bbc_documents
+    from bertkit.retrieval.data import bbc_documents
 
     ids, texts, metadata = (x[:limit] for x in bbc_documents())
     enc = load(model)
@@ -91,8 +91,8 @@ UNSEEN_HEADLINES = (
 def finetune_demo(output_dir: str = "runs/bbc-news-demo", time_budget: str = "4m", model: str | None = None) -> dict:
     """Fine-tune the default model on BBC News topics within a time budget; print test results."""
     from bertkit.data.tasks import load_builtin
+    from bertkit.metrics import confusion_matrix
     from bertkit.train.finetune import finetune
-    from bertkit.train.metrics import confusion_matrix
 
     print(f"Fine-tuning {model or 'all-MiniLM-L6-v2'} on bbc-news (5 topics), time budget {time_budget} "
           f"-> {output_dir}")

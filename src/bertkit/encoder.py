@@ -1,4 +1,5 @@
-"""``Encoder``: a loaded model plus its tokenizer, with ``embed`` and ``encode``.
+"""``Encoder``: a loaded model plus its tokenizer: ``embed`` / ``encode`` (sentence embeddings, ``encode`` with
+sentence-transformers' signature) and ``token_states`` (per-token outputs).
 
 Texts are tokenized once, sorted by length (longest first) and cut into batches; each batch is
 packed into one ``(total_tokens,)`` id tensor and run on the padding-free path, so no FLOP is spent
@@ -8,9 +9,9 @@ on padding. Results come back in input order.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,34 +25,25 @@ from bertkit.data.tokenizer import Batch, Tokenizer
 from bertkit.errors import CheckpointError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import Engine, EngineOptions
-from bertkit.model.attention import Packing
+from bertkit.model.attention import Packing, attn_implementation_of, to_grid
 from bertkit.model.bert import BertModel
-from bertkit.model.directory import ModelDir, inspect_model_dir, load_encoder
-from bertkit.model.families import describe_architecture, read_config
+from bertkit.model.directory import ModelDir, default_max_length, inspect_model_dir, load_encoder
+from bertkit.model.families import describe_architecture, read_config, write_config
 from bertkit.model.pooling import POOLING_MODES, pool  # noqa: F401  (pool: re-exported, benchmarks import it here)
 from bertkit.model.sentence import SentenceConfig
 from bertkit.model.weights import find_weights_file, save_weights
-from bertkit.utils.runtime import tune_allocator
+from bertkit.utils.runtime import pick_device, tune_allocator
 
 if TYPE_CHECKING:
     from bertkit.inference.onnx import OnnxModel
 
 log = logging.getLogger("bertkit")
 
+# default_max_length, pick_device and to_grid lived here; imported above, kept importable from here for one release
+__all__ = ["Encoder", "check_vocabulary", "default_max_length", "engine_options", "load", "pick_device", "to_grid"]
+
 POOLINGS = POOLING_MODES
 PROGRESS_MIN_TEXTS = 1000  # show a progress bar from this many texts on (unless told otherwise)
-
-
-def default_max_length(directory: Path, max_positions: int, tokenizer_dir: Path | None = None) -> int:
-    """sentence-transformers' max_seq_length if the model has one, else the tokenizer's limit, never beyond the
-    model's own (``max_positions``: ``EncoderConfig.max_tokens``, e.g. 512 for RoBERTa's 514 positions)."""
-    for f, key in ((directory / "sentence_bert_config.json", "max_seq_length"),
-                   ((tokenizer_dir or directory) / "tokenizer_config.json", "model_max_length")):
-        if f.is_file():
-            value = json.loads(f.read_text(encoding="utf-8")).get(key)
-            if isinstance(value, int) and 0 < value < 1_000_000:
-                return min(value, max_positions)
-    return max_positions
 
 
 def check_vocabulary(tokenizer: Tokenizer, model: BertModel, directory: Path) -> None:
@@ -61,12 +53,6 @@ def check_vocabulary(tokenizer: Tokenizer, model: BertModel, directory: Path) ->
             f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size (the "
             f"embedding table) is {model.config.vocab_size}"
         )
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Encoder:
@@ -85,14 +71,17 @@ class Encoder:
         self.sentence = SentenceConfig.defaults(model.config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
-                        device: str | torch.device | None = None, engine: EngineOptions | None = None,
-                        dtype: str | None = None, int8: bool | None = None, backend: str | None = None) -> Encoder:
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] | None = None, *,
+                        attn_implementation: str | None = None, device: str | torch.device | None = None,
+                        engine: EngineOptions | None = None, dtype: str | None = None, int8: bool | None = None,
+                        backend: str | None = None, path: str | None = None) -> Encoder:
         """Load a built-in name or a local HF BERT directory.
 
         engine: how inference runs (precision, int8, backend, batch token budget, threads); ``dtype``,
-        ``int8`` and ``backend`` are shortcuts that override its fields.
+        ``int8`` and ``backend`` are shortcuts that override its fields. attn_implementation: "unpadded" (default),
+        "sdpa" or "reference" (``path``: its deprecated name).
         """
+        path = attn_implementation_of(attn_implementation, path)
         info = inspect_model_dir(name_or_path)
         options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
         if info.format == "onnx" and options.backend != "onnx":  # no torch weights: onnxruntime runs it
@@ -193,11 +182,12 @@ class Encoder:
                 bar.update(len(idx))
         return out
 
-    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
-               batch_size: int | None = None) -> list[np.ndarray]:
-        """Token states per text: a list of float32 ``(n_tokens_i, hidden)`` arrays, in input order."""
+    def token_states(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                     batch_size: int | None = None) -> list[np.ndarray]:
+        """Token states per text: a list of float32 ``(n_tokens_i, hidden)`` arrays, in input order (``pairs``: a
+        second text per row, joined with the family's pair template)."""
         if isinstance(texts, str):
-            raise TypeError("encode() takes a list of texts; wrap a single text in a list")
+            raise TypeError("token_states() takes a list of texts; wrap a single text in a list")
         result: list[np.ndarray] = [np.zeros((0, self.hidden_size), np.float32)] * len(texts)
         if len(texts) == 0:
             return result
@@ -211,12 +201,42 @@ class Encoder:
                     result[i] = h[cu[j]:cu[j + 1]].copy()
         return result
 
+    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
+               show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
+               normalize_embeddings: bool = False, *, prompt_name: str | None = None, prompt: str | None = None,
+               pairs: Sequence[str] | None = None) -> np.ndarray | list[np.ndarray]:
+        """sentence-transformers' ``encode``: sentence embeddings ``(len(sentences), dim)`` float32 (a single string:
+        ``(dim,)``), the model's own pooling, Dense and Normalize modules applied, as ``embed`` computes them.
+
+        output_value: "sentence_embedding", or "token_embeddings" for ``token_states`` (a list of
+            ``(n_tokens_i, hidden)`` arrays).
+        normalize_embeddings: True L2-normalizes on top of what the model does (False leaves the model's own setting).
+        pairs: deprecated (``encode`` returned token states before 0.2): use ``token_states(texts, pairs)``.
+        """
+        if pairs is not None or (isinstance(batch_size, Sequence) and not isinstance(batch_size, str)):
+            warnings.warn("Encoder.encode(texts, pairs) returning token states is deprecated: use "
+                          "Encoder.token_states(texts, pairs); encode() now returns sentence embeddings as "
+                          "sentence-transformers' does", DeprecationWarning, stacklevel=2)
+            if pairs is None:  # the old positional form encode(texts, pairs)
+                pairs, batch_size = batch_size, None  # type: ignore[assignment]
+            return self.token_states(sentences, pairs)  # type: ignore[arg-type]
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if output_value == "token_embeddings":
+            states = self.token_states(texts, batch_size=batch_size)
+            return states[0] if single else states
+        if output_value != "sentence_embedding":
+            raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
+        out = self.embed(texts, batch_size, normalize=True if normalize_embeddings else None,
+                         progress=show_progress_bar, prompt_name=prompt_name, prompt=prompt)
+        return out[0] if single else out
+
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write config.json, model.safetensors and tokenizer files (HF BertModel layout), and the model's
         sentence-transformers files (modules.json, pooling, Dense, Normalize, prompts) when it has them."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.config.save(d)
+        write_config(self.model.config, d)
         save_weights(self.model, d)
         self.tokenizer.save(d)
         self.sentence.save(d, self.max_length)
@@ -255,29 +275,18 @@ class Encoder:
         return info
 
 
-def to_grid(ids: Tensor, types: Tensor, packing: Packing, pad_id: int
-            ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
-    """Packed (total_tokens,) ids and type ids -> padded (batch, max_len) ids, bool mask, type ids, and the
-    (sequence, position) index of each packed token in the grid."""
-    b, s = packing.batch_size, max(packing.lengths)
-    seg, pos = packing.segment_ids(), packing.position_ids()
-    grid = torch.full((b, s), pad_id, dtype=torch.long, device=ids.device)
-    grid_types = torch.zeros_like(grid)
-    mask = torch.zeros((b, s), dtype=torch.bool, device=ids.device)
-    grid[seg, pos], grid_types[seg, pos], mask[seg, pos] = ids, types, True
-    return grid, mask, grid_types, (seg, pos)
-
-
 def engine_options(engine: EngineOptions | None = None, **overrides: Any) -> EngineOptions:
     """``engine`` (or the defaults) with the non-None keyword overrides applied."""
     base = engine or EngineOptions()
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def load(name_or_path: str | os.PathLike[str] | None = None, *, path: str = "unpadded",
+def load(name_or_path: str | os.PathLike[str] | None = None, *, attn_implementation: str | None = None,
          device: str | torch.device | None = None, engine: EngineOptions | None = None,
-         dtype: str | None = None, int8: bool | None = None, backend: str | None = None) -> Encoder:
+         dtype: str | None = None, int8: bool | None = None, backend: str | None = None,
+         path: str | None = None) -> Encoder:
     """Load an encoder: ``load()`` or ``load("all-MiniLM-L6-v2")`` for the built-in default,
     else a local Hugging Face BERT directory. See ``Encoder.from_pretrained`` for the engine options."""
-    return Encoder.from_pretrained(name_or_path, path=path, device=device, engine=engine, dtype=dtype,
+    return Encoder.from_pretrained(name_or_path, attn_implementation=attn_implementation_of(attn_implementation, path),
+                                   device=device, engine=engine, dtype=dtype,
                                    int8=int8, backend=backend)

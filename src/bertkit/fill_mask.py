@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bertkit import metrics as M
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import default_max_length, engine_options, pick_device
 from bertkit.errors import BertkitError, CheckpointError
@@ -32,7 +33,6 @@ from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing
 from bertkit.model.directory import load_encoder
 from bertkit.model.mlm import MaskedLM, has_mlm_head
-from bertkit.train import metrics as M
 from bertkit.train.optim import build_optimizer
 from bertkit.utils.runtime import tune_allocator
 

@@ -23,6 +23,7 @@ import torch
 from bertkit.encoder import Encoder, default_max_length, engine_options, pick_device
 from bertkit.fill_mask import FillMask
 from bertkit.inference.engine import Engine, EngineOptions
+from bertkit.model.attention import attn_implementation_of
 from bertkit.model.directory import ModelDir, inspect_model_dir
 from bertkit.model.sentence import SentenceConfig
 from bertkit.task_model import TaskModel
@@ -67,12 +68,14 @@ def encoder_of(tm: TaskModel, info: ModelDir) -> Encoder:
     return enc
 
 
-def load(name_or_path: NameOrPath = None, *, path: str = "unpadded", device: str | torch.device | None = None,
-         engine: EngineOptions | None = None, dtype: str | None = None, int8: bool | None = None,
-         backend: str | None = None) -> Encoder:
+def load(name_or_path: NameOrPath = None, *, attn_implementation: str | None = None,
+         device: str | torch.device | None = None, engine: EngineOptions | None = None, dtype: str | None = None,
+         int8: bool | None = None, backend: str | None = None, path: str | None = None) -> Encoder:
     """An encoder: ``load()`` or ``load("all-MiniLM-L6-v2")`` for the built-in default, a local directory of any
     family and format, or an ``org/name`` in the local Hugging Face cache. engine / dtype / int8 / backend: how
-    inference runs (``EngineOptions``; the shortcuts override its fields)."""
+    inference runs (``EngineOptions``; the shortcuts override its fields). attn_implementation: "unpadded" (the
+    default), "sdpa" or "reference" (``path``: its deprecated name)."""
+    path = attn_implementation_of(attn_implementation, path)
     info = inspect_model_dir(name_or_path)
     options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
     if info.format == "compressed":
@@ -80,7 +83,7 @@ def load(name_or_path: NameOrPath = None, *, path: str = "unpadded", device: str
     elif info.format == "low-rank":
         model = _lowrank(info, device, path)
     else:
-        enc = Encoder.from_pretrained(info.path, path=path, device=device, engine=options)
+        enc = Encoder.from_pretrained(info.path, attn_implementation=path, device=device, engine=options)
         enc.name = str(name_or_path) if name_or_path is not None else enc.name
         return enc
     if isinstance(model, TaskModel):
@@ -90,10 +93,12 @@ def load(name_or_path: NameOrPath = None, *, path: str = "unpadded", device: str
 
 
 def load_task_model(name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
-                    engine: EngineOptions | None = None, *, path: str = "unpadded", dtype: str | None = None,
-                    int8: bool | None = None, backend: str | None = None) -> TaskModel:
+                    engine: EngineOptions | None = None, *, attn_implementation: str | None = None,
+                    dtype: str | None = None, int8: bool | None = None, backend: str | None = None,
+                    path: str | None = None) -> TaskModel:
     """A fine-tuned model of any family: bertkit's, transformers' ``XxxFor{Sequence,Token}Classification``, or a
-    compressed / low-rank checkpoint of one."""
+    compressed / low-rank checkpoint of one. attn_implementation: as ``load``."""
+    path = attn_implementation_of(attn_implementation, path)
     info = inspect_model_dir(name_or_path)
     options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
     if info.format in ("compressed", "low-rank"):
@@ -104,7 +109,7 @@ def load_task_model(name_or_path: str | os.PathLike[str], device: str | torch.de
 
             raise CheckpointError(f"{info.path}: a {info.format} encoder, not a task model (no bertkit_task.json)")
         return model
-    return TaskModel.from_pretrained(info, device=device, path=path, engine=options)
+    return TaskModel.from_pretrained(info, device=device, attn_implementation=path, engine=options)
 
 
 def load_fill_mask(name_or_path: NameOrPath = None, device: str | torch.device | None = None,

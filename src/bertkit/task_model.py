@@ -21,45 +21,40 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertkit import metrics as M
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
-from bertkit.data.tasks import TaskData, check_task
+from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
-from bertkit.encoder import check_vocabulary, engine_options, pick_device, to_grid
+from bertkit.encoder import check_vocabulary, engine_options
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine, EngineOptions
-from bertkit.model.bert import BertModel
-from bertkit.model.directory import TASK_FILE, ModelDir, inspect_model_dir, load_encoder
-from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
-from bertkit.train import metrics as M
+from bertkit.model.attention import attn_implementation_of, to_grid
+from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
+from bertkit.model.heads import PROBLEM_TYPE, SequenceClassifier, TokenClassifier, build_head, strip_task_keys
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.runtime import tune_allocator
+from bertkit.utils.runtime import pick_device, tune_allocator
 
 if TYPE_CHECKING:
     from bertkit.inference.onnx import OnnxModel
 
 log = logging.getLogger("bertkit")
 
-PROBLEM_TYPE = {"classification": "single_label_classification", "pair-classification": "single_label_classification",
-                "multilabel": "multi_label_classification", "regression": "regression",
-                "ner": "single_label_classification"}
+# build_head, PROBLEM_TYPE (bertkit.model.heads), infer_task, label_names (bertkit.model.directory) lived here:
+# importable from here for one release
+__all__ = ["MAIN_METRIC", "MULTILABEL_THRESHOLD", "PROBLEM_TYPE", "TASK_FILE", "TaskModel", "build_head", "infer_task",
+           "label_names", "load_task_model"]
+
 # The metric that picks the best checkpoint, and whether larger is better.
 MAIN_METRIC = {"classification": ("accuracy", True), "pair-classification": ("accuracy", True),
                "multilabel": ("micro_f1", True), "regression": ("pearson", True), "ner": ("f1", True)}
 MULTILABEL_THRESHOLD = 0.5
 
 
-def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassifier | TokenClassifier:
-    check_task(task)
-    if task == "ner":
-        return TokenClassifier(encoder, num_labels)
-    return SequenceClassifier(encoder, 1 if task == "regression" else num_labels, PROBLEM_TYPE[task])
-
-
 class TaskModel:
     def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: Tokenizer, task: str,
                  labels: Sequence[str], max_length: int, directory: Path | None = None,
                  engine: Engine | None = None) -> None:
-        self.head = head
+        self.model = head  # the encoder with its classifier (an nn.Module); ``head`` is its old name
         self.tokenizer = tokenizer
         self.task = task
         self.labels = list(labels)  # id -> name; [] for regression
@@ -70,11 +65,23 @@ class TaskModel:
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
 
     # ---- load / save ----------------------------------------------------------------------
+    @property
+    def head(self) -> SequenceClassifier | TokenClassifier:
+        """Deprecated name of ``model`` (the encoder plus its classifier, not the classifier alone)."""
+        return self.model
+
+    @head.setter
+    def head(self, module: SequenceClassifier | TokenClassifier) -> None:
+        self.model = module
+
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None,
-                        path: str = "unpadded", engine: EngineOptions | None = None, dtype: str | None = None,
-                        int8: bool | None = None, backend: str | None = None) -> TaskModel:
-        """engine: how inference runs (see ``Encoder.from_pretrained``); dtype/int8/backend override it."""
+                        attn_implementation: str | None = None, engine: EngineOptions | None = None,
+                        dtype: str | None = None, int8: bool | None = None, backend: str | None = None,
+                        path: str | None = None) -> TaskModel:
+        """engine: how inference runs (see ``Encoder.from_pretrained``); dtype/int8/backend override it.
+        attn_implementation: "unpadded" (default), "sdpa" or "reference" (``path``: its deprecated name)."""
+        path = attn_implementation_of(attn_implementation, path)
         options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
         info = directory if isinstance(directory, ModelDir) else inspect_model_dir(directory)
         d = info.path
@@ -108,7 +115,7 @@ class TaskModel:
     def save_pretrained(self, directory: str | os.PathLike[str], tokenizer: bool = True) -> Path:
         d = Path(directory)
         id2label = {i: name for i, name in enumerate(self.labels)} if self.labels else None
-        self.head.save_pretrained(d, id2label)
+        self.model.save_pretrained(d, id2label)
         if tokenizer:
             self.tokenizer.save(d)
         atomic_write_text(d / TASK_FILE, json.dumps({"task": self.task, "max_length": self.max_length,
@@ -117,7 +124,7 @@ class TaskModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.head.parameters()).device
+        return next(self.model.parameters()).device
 
     # ---- batches and logits ---------------------------------------------------------------
     def featurize(self, data: TaskData, with_labels: bool = True) -> Features:
@@ -139,14 +146,14 @@ class TaskModel:
     def _head_logits(self, b: PackedBatch) -> Tensor:
         """(batch, num_labels) or (total_tokens, num_labels) logits of a packed batch, torch or onnxruntime."""
         if self.onnx is None:
-            return self.head(b.input_ids, b.packing, b.token_type_ids).float()
+            return self.model(b.input_ids, b.packing, b.token_type_ids).float()
         grid, mask, types, (seg, pos) = to_grid(b.input_ids, b.token_type_ids, b.packing, self.tokenizer.pad_id)
         logits = torch.from_numpy(self.onnx.run(grid.numpy(), mask.long().numpy(), types.numpy())["logits"])
         return logits[seg, pos] if self.task == "ner" else logits
 
-    def _logits(self, feats: Features, batch_size: int | None) -> tuple[list[np.ndarray], float]:
+    def logits(self, feats: Features, batch_size: int | None = None) -> tuple[list[np.ndarray], float]:
         """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss."""
-        self.head.eval()
+        self.model.eval()
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
         loss_sum, units = 0.0, 0
         with self.engine.running(self.device):
@@ -154,7 +161,7 @@ class TaskModel:
                 b = make_batch(feats, idx).to(self.device)
                 logits = self._head_logits(b)
                 if b.labels is not None and b.num_units:
-                    loss_sum += float(self.head.loss(logits, b.labels)) * b.num_units
+                    loss_sum += float(self.model.loss(logits, b.labels)) * b.num_units
                     units += b.num_units
                 arr = logits.cpu().numpy()
                 if self.task == "ner":
@@ -176,7 +183,7 @@ class TaskModel:
             feats = data
         if gold is None:
             raise ValueError("evaluate(features) needs gold=TaskData")
-        logits, loss = self._logits(feats, batch_size)
+        logits, loss = self.logits(feats, batch_size)
         out: dict[str, float] = {"loss": loss}
         if self.task == "regression":
             pred = np.array([float(x[0]) for x in logits])
@@ -238,7 +245,7 @@ class TaskModel:
             data = TaskData(self.task, list(texts), None if pairs is None else list(pairs),
                             [], None, "input")
         feats = self.featurize(data, with_labels=False)
-        logits, _ = self._logits(feats, batch_size)
+        logits, _ = self.logits(feats, batch_size)
         if self.task == "ner":
             out = []
             for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
@@ -261,29 +268,6 @@ class TaskModel:
             result.append({"label": self.labels[int(p.argmax())],
                            "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
         return result
-
-
-def label_names(config: dict[str, Any], task: str) -> list[str]:
-    """A task config's labels in id order: its ``id2label``, else transformers' defaults (``num_labels``, 2 when
-    unsaid: transformers 5 writes neither for a default two-label head) as LABEL_0, LABEL_1, ...; [] for regression."""
-    if task == "regression":
-        return []
-    id2label = config.get("id2label") or {}
-    if id2label:
-        return [str(id2label[k]) for k in sorted(id2label, key=int)]
-    n = config.get("num_labels", 2)
-    return [f"LABEL_{i}" for i in range(n if isinstance(n, int) and n > 0 else 2)]
-
-
-def infer_task(info: ModelDir) -> str:
-    """The bertkit task of a transformers task directory of any family, from its architecture and problem_type."""
-    problem = info.config.get("problem_type") or "single_label_classification"
-    if info.role == "token":
-        return "ner"
-    if info.role == "sequence":
-        return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "classification")
-    raise CheckpointError(f"{info.path}: not a task model ({info.describe()}; config.json architectures="
-                          f"{info.config.get('architectures')}, no {TASK_FILE}); fine-tune one with `bertkit finetune`")
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:

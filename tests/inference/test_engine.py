@@ -66,7 +66,8 @@ def test_results_in_input_order_whatever_the_budget(minilm):
 
 
 def test_bf16_and_int8_stay_close_to_fp32(minilm):
-    """The goals' quality bounds on real text (README's benchmark measures them on 2,000 sequences)."""
+    """The goals' quality bounds on real text (docs/benchmarks.md's inference-engine benchmark measures them on 2,000
+    sequences)."""
     texts = TEXTS + calibration_texts()[::3]
     ref = minilm.embed(texts)
     bf16 = bertkit.load(dtype="bf16").embed(texts)
@@ -111,7 +112,7 @@ def test_onnx_backend_matches_torch_through_the_public_api(tiny_task_onnx, one_t
     torch_enc, onnx_enc = bertkit.load(tiny_task_onnx), bertkit.load(tiny_task_onnx, backend="onnx")
     assert onnx_enc.info()["execution_path"] == "onnxruntime"
     np.testing.assert_allclose(onnx_enc.embed(TEXTS), torch_enc.embed(TEXTS), atol=1e-4)
-    for a, b in zip(onnx_enc.encode(TEXTS), torch_enc.encode(TEXTS), strict=True):
+    for a, b in zip(onnx_enc.token_states(TEXTS), torch_enc.token_states(TEXTS), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     tm_torch = TaskModel.from_pretrained(tiny_task_onnx)
     tm_onnx = TaskModel.from_pretrained(tiny_task_onnx, backend="onnx")

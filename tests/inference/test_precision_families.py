@@ -43,7 +43,7 @@ def scaled(tmp_path_factory):
 
 
 def token_states(enc) -> np.ndarray:
-    return np.concatenate(enc.encode(TEXTS))  # (total_tokens, hidden)
+    return np.concatenate(enc.token_states(TEXTS))  # (total_tokens, hidden)
 
 
 def worst_centered_cosine(got: np.ndarray, ref: np.ndarray) -> float:

@@ -105,7 +105,7 @@ def test_plain_hf_directory_keeps_the_defaults(tmp_path, tiny_dir):
     s = enc.sentence
     assert s.modes == ("mean",) and s.normalize and not s.dense and not s.explicit and s.resolve_prompt() == ""
     got = enc.embed(TEXTS[:4])
-    states = enc.encode(TEXTS[:4])
+    states = enc.token_states(TEXTS[:4])
     want = np.stack([x.mean(0) / np.linalg.norm(x.mean(0)) for x in states])
     assert np.abs(got - want).max() <= 1e-5
     enc.save_pretrained(tmp_path / "saved")
@@ -184,7 +184,7 @@ def test_do_lower_case_and_prompt_length():
 def test_pooling_override(tmp_path, tiny_dir):
     build_st(tmp_path / "st", tiny_dir, ("mean",))
     enc = bertkit.load(str(tmp_path / "st"))
-    states = enc.encode(TEXTS[:3])
+    states = enc.token_states(TEXTS[:3])
     got = enc.embed(TEXTS[:3], pooling="cls", normalize=False)
     assert np.abs(got - np.stack([x[0] for x in states])).max() <= 1e-6
     assert enc.embed(TEXTS[:3], pooling=["cls", "max"]).shape == (3, 64)

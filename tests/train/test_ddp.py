@@ -66,6 +66,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(corpus, tmp_path):  
     assert not torch.isnan(next(iter(b.values()))).any()
 
 
+@pytest.mark.slow  # 34 s of two-rank runs; the equality test above keeps DDP in the default run
 @pytest.mark.usefixtures("one_thread")
 def test_two_process_run_resumes_after_a_crash(corpus, tmp_path):  # noqa: F811
     train_wordpiece([corpus], 128, tmp_path / "tok")

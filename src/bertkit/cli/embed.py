@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt-name", default=None, help="one of the model's prompts, e.g. query or document")
     prompt.add_argument("--prompt", default=None, help='a literal prompt prepended to every text, e.g. "query: "')
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
-    p.add_argument("--path", choices=PATHS, default="unpadded", help="execution path")
+    p.add_argument("--attn-implementation", "--path", dest="attn_implementation", choices=PATHS, default="unpadded",
+                   help="execution path (transformers' name; --path is its old name)")
     p.add_argument("--with-text", action="store_true", help="parquet only: store the text next to each vector")
     add_engine_args(p)
     p.set_defaults(func=run)
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output)  # fail before any work is done
     check_output_file(out)
     texts = read_texts(args.input, args.text_column)
-    enc = load(args.model, path=args.path, engine=engine_from_args(args))
+    enc = load(args.model, attn_implementation=args.attn_implementation, engine=engine_from_args(args))
     if args.max_length is not None:
         enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
     t0 = time.perf_counter()

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertkit.data.corpora import load_bbc_news
 from bertkit.errors import BertkitError
 from bertkit.loader import load
 from bertkit.model.pooling import POOLING_MODES
-from bertkit.retrieval.data import read_documents
+from bertkit.retrieval.data import bbc_documents, read_documents
 from bertkit.retrieval.index import KINDS, VectorIndex, index_lock
 from bertkit.utils.output_paths import check_output_dir
 
@@ -61,13 +60,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--rerank-top", type=int, default=50, help="candidates the reranker sees (default 50)")
     search.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
-
-
-def bbc_documents() -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """The distinct BBC News articles: id topic/number, "title. body" embedded, title, topic and body as metadata."""
-    articles = load_bbc_news(dedupe=True)
-    return ([a.path.removesuffix(".txt") for a in articles], [f"{a.title}. {a.body}" for a in articles],
-            [{"title": a.title, "topic": a.topic, "text": a.body} for a in articles])
 
 
 def run(args: argparse.Namespace) -> int:

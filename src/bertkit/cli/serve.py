@@ -2,9 +2,9 @@
 
 Concurrent requests are merged into engine calls (dynamic micro-batching, ``--max-batch-tokens`` /
 ``--max-wait-ms``; ``--no-batching`` runs one request per call); large requests run in slices that take turns
-with other requests' (``--slice-tokens``). Every limit is a flag (README, Limits). SIGTERM / Ctrl-C stop taking
-new connections, let queued work finish for ``--shutdown-grace`` seconds, answer the rest with a JSON 503,
-then stop. ``--api-key`` (or ``$BERTKIT_API_KEY``) requires ``Authorization: Bearer KEY``.
+with other requests' (``--slice-tokens``). Every limit is a flag (docs/limits.md, Server limits). SIGTERM /
+Ctrl-C stop taking new connections, let queued work finish for ``--shutdown-grace`` seconds, answer the rest with
+a JSON 503, then stop. ``--api-key`` (or ``$BERTKIT_API_KEY``) requires ``Authorization: Bearer KEY``.
 """
 
 from __future__ import annotations

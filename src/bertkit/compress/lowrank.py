@@ -48,8 +48,7 @@ from bertkit.encoder import pick_device
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine
 from bertkit.model.bert import BertModel
-from bertkit.model.config import EncoderConfig
-from bertkit.model.families import family_of
+from bertkit.model.families import family_of, read_config, write_config
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.weights import (
     find_weights_file,
@@ -62,7 +61,7 @@ from bertkit.model.weights import (
     write_safetensors,
 )
 from bertkit.task_model import MAIN_METRIC, TASK_FILE, TaskModel, build_head
-from bertkit.train.engine import TrainConfig, Trainer, TrainState
+from bertkit.train.trainer import TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
 
 log = logging.getLogger("bertkit")
@@ -402,7 +401,7 @@ def save_lowrank(model: TaskModel | BertModel, directory: str | os.PathLike[str]
         atomic_write_text(d / TASK_FILE, json.dumps({"task": model.task, "max_length": model.max_length,
                                                      "labels": model.labels}, indent=2) + "\n")
     write_safetensors({**state, **factors}, d)
-    dataclasses.replace(encoder.config, extra=extra).save(d)  # last: the directory is complete once it exists
+    write_config(dataclasses.replace(encoder.config, extra=extra), d)  # last: the directory is complete once it exists
     return d
 
 
@@ -410,7 +409,7 @@ def _load_encoder(d: Path, path: str) -> tuple[BertModel, dict[str, Tensor]]:
     """(encoder with its LowRankLinear layers, task-head tensors) from a ``save_lowrank`` directory."""
     if not (d / "config.json").is_file():
         raise CheckpointError(f"{d}: no config.json found (looked for {d / 'config.json'})")
-    cfg = EncoderConfig.from_json_file(d / "config.json")
+    cfg = read_config(d / "config.json")
     section = cfg.extra.pop(LOWRANK_KEY, None)  # rewritten from the modules on save: never stale
     if not isinstance(section, dict):
         raise CheckpointError(f"{d}: config.json has no '{LOWRANK_KEY}' section {{layer: rank}}, so it was not "

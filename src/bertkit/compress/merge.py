@@ -54,7 +54,7 @@ from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine
 from bertkit.model.bert import BertModel
 from bertkit.model.directory import inspect_model_dir, load_encoder
-from bertkit.model.families import family_of
+from bertkit.model.families import family_of, write_config
 from bertkit.model.heads import SequenceClassifier, TokenClassifier, strip_task_keys
 from bertkit.model.weights import read_state_dict, save_weights
 from bertkit.task_model import PROBLEM_TYPE, TaskModel, build_head
@@ -260,7 +260,7 @@ class MultiHeadModel:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         d = Path(directory)
         (d / HEADS_DIR).mkdir(parents=True, exist_ok=True)
-        self.encoder.config.save(d)
+        write_config(self.encoder.config, d)
         save_weights(self.encoder, d)
         self.tokenizer.save(d)
         manifest: dict[str, Any] = {"format": _FORMAT, "version": 1, "tasks": {}}

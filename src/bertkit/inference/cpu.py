@@ -21,19 +21,28 @@ fbgemm's AVX2 / AVX-512 (non-VNNI) int8 kernels multiply uint8 activations by in
 ``vpmaddubsw``, which adds pairs of products into int16 with saturation: 2 x 255 x 127 overflows.
 Weights are therefore stored in 7 bits (|q| <= 63: 2 x 255 x 63 = 32,130 fits) there; with VNNI
 (``vpdpbusd`` accumulates in int32) they keep all 8 bits.
+
+The int8 layer both kernels run, ``Int8Linear``, lives here too: measuring the kernels needs it, and its default
+kernel and weight range are this CPU's. ``inference/int8.py`` builds on it (smoothing, calibration, swapping an
+encoder's layers); this module imports nothing else of ``bertkit.inference``.
+
+``Int8Linear.forward``: x (..., in) float -> (..., out) float.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import Tensor, nn
 
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import cache_dir
@@ -45,6 +54,7 @@ INT8_KERNELS = ("int_mm", "fbgemm")
 PRECISIONS = ("int8", "bf16", "fp32")
 CACHE_FILE = "cpu_kernels.json"
 CACHE_VERSION = 1
+QMAX = 127.0  # activations (int_mm: symmetric int8 per token)
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ def by_capability(info: CpuInfo) -> KernelChoice | None:
     if info.vnni or info.native_bf16:
         return None
     # AVX2 / AVX-512 without VNNI: _int_mm has no fast kernel here, bf16 is emulated; fbgemm's int8 GEMM
-    # (vpmaddubsw) beats the fp32 one 1.5-2.7x on MiniLM's layer shapes (README "Inference engine").
+    # (vpmaddubsw) beats the fp32 one 1.5-2.7x on MiniLM's layer shapes (docs/benchmarks.md, "Inference engine").
     return KernelChoice("fbgemm", 7, False, ("int8", "fp32"), "capability")
 
 
@@ -167,8 +177,6 @@ def measure(info: CpuInfo, tokens: int = 256, hidden: int = 384, ffn: int = 1536
     """Time one MiniLM-sized layer's GEMMs (``tokens`` x hidden -> 3 hidden, hidden, ffn, and ffn -> hidden)
     in fp32, bf16 (where native) and int8 with each available kernel; the fastest int8 kernel wins, and the
     precisions are ordered by time. About 0.1-0.3 s."""
-    from bertkit.inference.int8 import Int8Linear  # int8 builds on this module: a call-time import
-
     torch.manual_seed(0)
     shapes = [(hidden, 3 * hidden), (hidden, hidden), (hidden, ffn), (ffn, hidden)]
     layers = [torch.nn.Linear(i, o) for i, o in shapes]
@@ -246,3 +254,151 @@ def kernels() -> KernelChoice:
     log.info("cpu: %s (%s; torch %s %s): %s", info.model or "unknown model", info.cpu_class, info.torch_version,
              info.torch_capability, choice.describe())
     return choice
+
+
+# ---- the int8 layer both kernels run ---------------------------------------------------------------------------
+def default_kernel() -> str:
+    return kernels().int8
+
+
+def weight_qmax(kernel: str) -> int:
+    """Largest |weight| level for ``kernel`` on this CPU: 63 for fbgemm without VNNI (vpmaddubsw saturates
+    at 8 bits), else 127."""
+    return 127 if kernel == "int_mm" or detect().vnni else 63
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    """torch's quantized engine set to ``name`` while weights are packed (the packed object keeps its kernel)."""
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; the packed op is not
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            yield
+    finally:
+        torch.backends.quantized.engine = old
+
+
+def quantize_rows(w: Tensor, qmax: float) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 with one scale per row: w (out, in) float -> q (out, in) int8 in [-qmax, qmax] and
+    scale (out,), w ~= q * scale[:, None]."""
+    scale = w.abs().amax(dim=1).clamp_min(1e-8) / qmax
+    return torch.round(w / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8), scale
+
+
+def int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """(M, K) int8 @ (K, N) int8 -> (M, N) int32. torch's kernel wants M > 16 on some builds: pad tiny M."""
+    m = a.shape[0]
+    if m > 16:
+        return torch._int_mm(a, b)
+    padded = torch.zeros(17, a.shape[1], dtype=torch.int8, device=a.device)
+    padded[:m] = a
+    return torch._int_mm(padded, b)[:m]
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights (per-output-channel scales) and per-token int8 activations.
+
+    Buffers (what a checkpoint stores, the same for every kernel): ``weight_t`` (in, out) int8, ``scale``
+    (out,) fp32 with the activations' 1/127 folded in (``y = acc * max|x_t| * scale``), ``bias`` (out,),
+    ``inv_smooth`` (in,) or None. The fbgemm kernel also holds the weights pre-packed (not a buffer).
+    """
+
+    def __init__(self, linear: nn.Linear, smooth: Tensor | None = None, kernel: str | None = None,
+                 qmax: int | None = None) -> None:
+        super().__init__()
+        kernel = kernel or default_kernel()
+        qmax = qmax or weight_qmax(kernel)
+        w = linear.weight.detach().float()  # (out, in)
+        if smooth is not None:
+            smooth = smooth.detach().float().clamp_min(1e-5)
+            w = w * smooth[None, :]
+            inv_smooth = (1.0 / smooth).contiguous()
+        else:
+            inv_smooth = None
+        q, scale = quantize_rows(w, qmax)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        # _int_mm takes (M, K) @ (K, N); keep the weight as the transpose of a contiguous (out, in) block.
+        self._init(q.t().contiguous(), scale / QMAX, bias, inv_smooth, kernel)
+
+    def _init(self, weight_t: Tensor, scale: Tensor, bias: Tensor | None, inv_smooth: Tensor | None,
+              kernel: str) -> None:
+        if kernel not in INT8_KERNELS:
+            raise ValueError(f"int8 kernel must be one of {', '.join(INT8_KERNELS)}, got {kernel!r}")
+        self.register_buffer("weight_t", weight_t)  # (in, out) int8
+        self.register_buffer("scale", scale.float())  # (out,)
+        self.register_buffer("bias", bias)
+        if inv_smooth is not None:
+            self.register_buffer("inv_smooth", inv_smooth.float())
+        else:
+            self.inv_smooth = None
+        self.in_features, self.out_features = weight_t.shape
+        self.kernel = kernel
+        self._packed = None
+        if kernel == "fbgemm":
+            self._pack()
+
+    def _pack(self) -> None:
+        qmax = weight_qmax("fbgemm")
+        if int(self.weight_t.abs().amax()) > qmax:  # 8-bit weights (saved on a VNNI machine): requantize
+            w = self.weight_t.t().float() * (self.scale * QMAX)[:, None]
+            q, step = quantize_rows(w, qmax)
+            self.weight_t = q.t().contiguous()
+            self.scale = step / QMAX
+        with _quantized_engine("fbgemm"):
+            qw = torch._make_per_channel_quantized_tensor(
+                self.weight_t.t().contiguous(), (self.scale * QMAX).double(),
+                torch.zeros(self.out_features, dtype=torch.long), 0)
+            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+
+    @classmethod
+    def from_quantized(cls, weight_t: Tensor, scale: Tensor, bias: Tensor | None = None,
+                       inv_smooth: Tensor | None = None, kernel: str | None = None) -> Int8Linear:
+        """An Int8Linear from the tensors another one holds (a saved checkpoint): weight_t (in, out) int8,
+        scale (out,) with the activations' 1/127 folded in, as ``__init__`` makes it; bias (out,); inv_smooth (in,)."""
+        in_f, out_f = weight_t.shape
+        if weight_t.dtype != torch.int8:
+            raise ValueError(f"weight_t must be int8, got {weight_t.dtype}")
+        for name, t, n in (("scale", scale, out_f), ("bias", bias, out_f), ("inv_smooth", inv_smooth, in_f)):
+            if t is not None and tuple(t.shape) != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._init(weight_t, scale, None if bias is None else bias.float(), inv_smooth, kernel or default_kernel())
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Few, large ops: at batch 1 (25 tokens) the GEMM takes 40 us and every extra pass over x or y ~5 us.
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()  # (tokens, in)
+        owned = x.dtype != torch.float32  # x2 is a fresh tensor, not the caller's, and may be overwritten
+        if self.inv_smooth is not None:
+            x2, owned = x2 * self.inv_smooth, True
+        # max|x| per row as max(max x, -min x): two vectorized reductions without a temporary (|x| or
+        # linalg.vector_norm(inf), which runs 17x slower here).
+        amax = torch.maximum(x2.amax(dim=1, keepdim=True), x2.amin(dim=1, keepdim=True).neg_()).clamp_min_(1e-8)
+        if self._packed is not None and x2.device.type == "cpu":
+            # x2 / amax: every row's max is 1, so fbgemm's one per-tensor scale serves each token as its own.
+            u = x2.div_(amax) if owned else x2 / amax
+            y = torch.ops.quantized.linear_dynamic(u, self._packed, False)  # (tokens, out) fp32
+            y = y.mul_(amax) if self.bias is None else torch.addcmul(self.bias, y, amax, out=y)
+        else:
+            xq = torch.mul(x2, QMAX / amax).round_().to(torch.int8)
+            y = int_mm(xq, self.weight_t).float().mul_(amax)  # (tokens, out): int32 -> float, row scales
+            y = y.mul_(self.scale) if self.bias is None else torch.addcmul(self.bias, y, self.scale)
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: the packed weights are rebuilt from the buffers
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if self.kernel == "fbgemm":
+            self._pack()
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, smooth={self.inv_smooth is not None}, "
+                f"kernel={self.kernel}")

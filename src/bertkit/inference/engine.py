@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bertkit.data.batch import pack as pack_sequences
 from bertkit.data.tokenizer import WordPieceTokenizer
+from bertkit.inference import cpu, int8
 from bertkit.inference.cpu import INT8_KERNELS
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
@@ -112,13 +114,8 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
 def pack(ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None, indices: np.ndarray,
          device: torch.device) -> tuple[Tensor, Tensor, Packing]:
     """Sequences ``indices`` back to back: ids (total_tokens,), type ids (total_tokens,), their packing."""
-    flat = torch.tensor([t for i in indices for t in ids[i]], dtype=torch.long)
-    if type_ids is None:
-        types = torch.zeros_like(flat)
-    else:
-        types = torch.tensor([t for i in indices for t in type_ids[i]], dtype=torch.long)
-    packing = Packing.from_lengths([len(ids[i]) for i in indices], device=device)
-    return flat.to(device), types.to(device), packing
+    return pack_sequences([ids[i] for i in indices], None if type_ids is None else [type_ids[i] for i in indices],
+                          device)
 
 
 class Engine:
@@ -171,10 +168,11 @@ class Engine:
             if o.dtype == "auto":
                 self._auto(encoder, tokenizer, device, name)
             elif o.int8:
-                from bertkit.inference.int8 import quantize_encoder
-
                 self.kernel = o.kernel or _default_kernel(device)
-                quantize_encoder(encoder, tokenizer, self, name=name, kernel=self.kernel)
+                texts = int8.calibration_texts()
+                int8.quantize_encoder(encoder, self.text_batches(tokenizer, texts, encoder.config.max_tokens, device),
+                                      int8.calibration_key(int8.weights_hash(encoder), texts), name=name,
+                                      kernel=self.kernel)
             elif o.dtype != "fp32":
                 if o.dtype == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
                     log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 runs emulated, several "
@@ -186,28 +184,24 @@ class Engine:
     def _auto(self, encoder: BertModel, tokenizer: WordPieceTokenizer, device: torch.device, name: str) -> None:
         """Resolve dtype="auto" in place: the first precision of this machine's order whose worst cosine to
         fp32 on the calibration texts is >= AUTO_MIN_COSINE (cached per model and machine)."""
-        from bertkit.inference import int8 as q
-
         if device.type == "cpu":
-            from bertkit.inference.cpu import detect, kernels
-
-            choice = kernels()
-            order, kernel, machine = choice.order, self.options.kernel or choice.int8, detect().key
+            choice = cpu.kernels()  # looked up on the module at call time: tests replace it there
+            order, kernel, machine = choice.order, self.options.kernel or choice.int8, cpu.detect().key
         else:  # GPU: half precision if it holds the bound
             half = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
             order, kernel, machine = (half, "fp32"), "int_mm", f"{device.type} {torch.version.cuda}"
-        weights = q.weights_hash(encoder)
+        weights = int8.weights_hash(encoder)
         key = _decision_key(weights, machine, kernel, order)
         decided = _read_decision(key)
-        texts = q.calibration_texts()
+        texts = int8.calibration_texts()
         ids = tokenizer.encode(texts, max_length=encoder.config.max_tokens).ids
         ref: list[Tensor] = []
         act_max = None
         if "int8" in order and (decided is None or decided["precision"] == "int8"):
             # One fp32 pass gives both the smoothing maxima and the reference (skipped when cached).
-            act_max = None if decided is None else q.load_cached_maxima(q.calibration_key(weights))
+            act_max = None if decided is None else int8.load_cached_maxima(int8.calibration_key(weights))
             if act_max is None:
-                act_max = q.smoothing_maxima(encoder, tokenizer, self, texts, q.calibration_key(weights),
+                act_max = int8.smoothing_maxima(encoder, self.batches(ids, None, device), int8.calibration_key(weights),
                                              also=lambda h, packing: ref.append(_mean_pooled(h, packing)))
         for precision in order if decided is None else (decided["precision"],):
             if precision == "fp32":
@@ -216,9 +210,9 @@ class Engine:
             if decided is None and not ref:
                 ref.append(torch.cat(self._pooled(encoder, ids, device, None)))
             if precision == "int8":
-                originals = {n: encoder.get_submodule(n) for n in q.linear_names(encoder)}
-                q.quantize_linears(encoder, (), act_max, q.DEFAULT_ALPHA, log_name=name, kernel=kernel)
-                undo = lambda originals=originals: q.restore_linears(encoder, originals)  # noqa: E731
+                originals = {n: encoder.get_submodule(n) for n in int8.linear_names(encoder)}
+                int8.quantize_linears(encoder, (), act_max, int8.DEFAULT_ALPHA, log_name=name, kernel=kernel)
+                undo = lambda originals=originals: int8.restore_linears(encoder, originals)  # noqa: E731
                 amp = None
             else:
                 undo = cast_linears(encoder, _TORCH_DTYPES[precision])
@@ -285,6 +279,13 @@ class Engine:
         for idx in self.plan([len(x) for x in ids], max_batch_size):
             yield (idx, *pack(ids, type_ids, idx, device))
 
+    def text_batches(self, tokenizer: WordPieceTokenizer, texts: list[str], max_length: int, device: torch.device
+                     ) -> Iterator[tuple[np.ndarray, Tensor, Tensor, Packing]]:
+        """``batches`` of ``texts`` (e.g. calibration texts), tokenized on the first batch asked for: a consumer
+        that needs none (cached calibration maxima) pays for no tokenization."""
+        ids = tokenizer.encode(texts, max_length=max_length).ids
+        yield from self.batches(ids, None, device)
+
 
 def cast_linears(encoder: nn.Module, dtype: torch.dtype) -> Callable[[], None]:
     """Store the linear weights in ``dtype``; returns a function that puts the original tensors back.
@@ -315,11 +316,7 @@ def _mean_pooled(h: Tensor, packing: Packing) -> Tensor:
 
 
 def _default_kernel(device: torch.device) -> str:
-    if device.type != "cpu":
-        return "int_mm"
-    from bertkit.inference.cpu import kernels
-
-    return kernels().int8
+    return cpu.kernels().int8 if device.type == "cpu" else "int_mm"
 
 
 def _decision_key(weights: str, machine: str, kernel: str, order: Sequence[str]) -> str:
@@ -348,6 +345,4 @@ def _write_decision(key: str, decision: dict) -> None:
 
 
 def _cpu_has_bf16() -> bool:
-    from bertkit.inference.cpu import detect
-
-    return detect().native_bf16
+    return cpu.detect().native_bf16

@@ -52,10 +52,9 @@ from bertkit.errors import BertkitError, CheckpointError
 from bertkit.inference.engine import AUTO_MIN_COSINE, EngineOptions
 from bertkit.model.bert import BertModel
 from bertkit.model.config import EncoderConfig
-from bertkit.model.directory import ModelDir, inspect_model_dir, load_encoder
-from bertkit.model.heads import SequenceClassifier, TokenClassifier, pool_padded, strip_task_keys
+from bertkit.model.directory import ModelDir, infer_task, inspect_model_dir, load_encoder
+from bertkit.model.heads import SequenceClassifier, TokenClassifier, build_head, pool_padded, strip_task_keys
 from bertkit.model.weights import find_weights_file
-from bertkit.task_model import build_head, infer_task
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger("bertkit")

@@ -17,14 +17,16 @@ uses the same tables, sliced to its length. ``scale`` multiplies q.k (1 / sqrt(h
 Each path is one function (``ATTENTION[path]``); the model picks it once per forward and hands it to the layers,
 which never look at the path's name.
 
-On this CPU (torch 2.13, head_dim 32) an explicit matmul-softmax-matmul per run measured faster than
-SDPA per run (6 vs 11 ms for 32 unsorted sequences of 8-128 tokens, see benchmarks/README), so the
-unpadded path uses it; the kernel is logged once when first used.
+On a 2-core CPU (torch 2.13, head_dim 32) an explicit matmul-softmax-matmul per run measured faster than
+SDPA per run (6 vs 11 ms for 32 unsorted sequences of 8-128 tokens, an early benchmarks/embed_throughput.py
+run), so the unpadded path uses it; the kernel is logged once when first used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +81,10 @@ class Packing:
         return len(self.lengths)
 
     @property
+    def device(self) -> torch.device:
+        return self.cu_seqlens.device
+
+    @property
     def max_length(self) -> int:
         return max(self.lengths)
 
@@ -98,6 +104,11 @@ class Packing:
         cu = torch.zeros(len(lengths) + 1, dtype=torch.long)
         cu[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
         return cls(cu.to(device), list(lengths), runs)
+
+    def to(self, device: torch.device | str) -> Packing:
+        """The same packing with ``cu_seqlens`` on ``device`` (lengths and runs are Python lists)."""
+        return self if self.cu_seqlens.device == torch.device(device) else dataclasses.replace(
+            self, cu_seqlens=self.cu_seqlens.to(device))
 
     def segment_ids(self) -> Tensor:
         """(total_tokens,) index of the sequence each token belongs to."""
@@ -250,3 +261,31 @@ PATH_DETAIL = {
     "sdpa": "padded batch, torch scaled_dot_product_attention with boolean mask (float with a position bias)",
     "unpadded": "packed (total_tokens, hidden), attention per run of equal-length sequences, no padding",
 }
+
+
+def to_grid(ids: Tensor, types: Tensor, packing: Packing, pad_id: int
+            ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """Packed (total_tokens,) ids and type ids -> padded (batch, max_len) ids, bool mask, type ids, and the
+    (sequence, position) index of each packed token in the grid."""
+    b, s = packing.batch_size, max(packing.lengths)
+    seg, pos = packing.segment_ids(), packing.position_ids()
+    grid = torch.full((b, s), pad_id, dtype=torch.long, device=ids.device)
+    grid_types = torch.zeros_like(grid)
+    mask = torch.zeros((b, s), dtype=torch.bool, device=ids.device)
+    grid[seg, pos], grid_types[seg, pos], mask[seg, pos] = ids, types, True
+    return grid, mask, grid_types, (seg, pos)
+
+
+def attn_implementation_of(attn_implementation: str | None, path: str | None = None) -> str:
+    """The attention path a loader builds (one of ``PATHS``), named as transformers names it (``attn_implementation``);
+    ``path`` is its deprecated name, still accepted for one release."""
+    if path is not None:
+        warnings.warn("path= is deprecated: use attn_implementation= (one of " + ", ".join(PATHS) + ")",
+                      DeprecationWarning, stacklevel=3)
+        if attn_implementation is not None and attn_implementation != path:
+            raise ValueError(f"attn_implementation={attn_implementation!r} and its old name path={path!r} disagree")
+        attn_implementation = path
+    attn_implementation = attn_implementation or "unpadded"
+    if attn_implementation not in PATHS:
+        raise ValueError(f"attn_implementation must be one of {', '.join(PATHS)}, got {attn_implementation!r}")
+    return attn_implementation

@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,15 +294,22 @@ class EncoderConfig:
         out.setdefault("architectures", ["BertModel"])
         return dict(sorted(out.items()))
 
+    # Deprecated, for one release: reading and writing a family's config.json is the families' business
+    # (bertkit.model.families builds on this module), so these two reach up to it through a call-time import, the
+    # one import against the layers that .importlinter lists.
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> EncoderConfig:
-        """Any family's config.json (see ``bertkit.model.families.read_config``, which this calls)."""
-        from bertkit.model.families import read_config  # families build on this module; a call-time import
+        """Deprecated: ``bertkit.model.families.read_config(path)``."""
+        warnings.warn("EncoderConfig.from_json_file is deprecated: use bertkit.model.families.read_config",
+                      DeprecationWarning, stacklevel=2)
+        from bertkit.model.families import read_config
 
         return read_config(path)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """config.json in the family's own layout (``bertkit.model.families.write_config``)."""
+        """Deprecated: ``bertkit.model.families.write_config(cfg, directory)``."""
+        warnings.warn("EncoderConfig.save is deprecated: use bertkit.model.families.write_config",
+                      DeprecationWarning, stacklevel=2)
         from bertkit.model.families import write_config
 
         return write_config(self, directory)

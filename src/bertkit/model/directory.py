@@ -135,3 +135,38 @@ def load_encoder(name_or_path: str | os.PathLike[str] | ModelDir | None = None, 
                               "bertkit.load / bertkit embed / serve run it as it is")
     model, heads = load_pretrained(info.weights_dir, path=path)
     return model, heads, info
+
+
+def label_names(config: dict[str, Any], task: str) -> list[str]:
+    """A task config's labels in id order: its ``id2label``, else transformers' defaults (``num_labels``, 2 when
+    unsaid: transformers 5 writes neither for a default two-label head) as LABEL_0, LABEL_1, ...; [] for regression."""
+    if task == "regression":
+        return []
+    id2label = config.get("id2label") or {}
+    if id2label:
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    n = config.get("num_labels", 2)
+    return [f"LABEL_{i}" for i in range(n if isinstance(n, int) and n > 0 else 2)]
+
+
+def infer_task(info: ModelDir) -> str:
+    """The bertkit task of a transformers task directory of any family, from its architecture and problem_type."""
+    problem = info.config.get("problem_type") or "single_label_classification"
+    if info.role == "token":
+        return "ner"
+    if info.role == "sequence":
+        return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "classification")
+    raise CheckpointError(f"{info.path}: not a task model ({info.describe()}; config.json architectures="
+                          f"{info.config.get('architectures')}, no {TASK_FILE}); fine-tune one with `bertkit finetune`")
+
+
+def default_max_length(directory: Path, max_positions: int, tokenizer_dir: Path | None = None) -> int:
+    """sentence-transformers' max_seq_length if the model has one, else the tokenizer's limit, never beyond the
+    model's own (``max_positions``: ``EncoderConfig.max_tokens``, e.g. 512 for RoBERTa's 514 positions)."""
+    for f, key in ((directory / "sentence_bert_config.json", "max_seq_length"),
+                   ((tokenizer_dir or directory) / "tokenizer_config.json", "model_max_length")):
+        if f.is_file():
+            value = json.loads(f.read_text(encoding="utf-8")).get(key)
+            if isinstance(value, int) and 0 < value < 1_000_000:
+                return min(value, max_positions)
+    return max_positions

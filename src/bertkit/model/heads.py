@@ -31,6 +31,10 @@ from bertkit.model.families import ClassifierSpec, config_value, family_of, writ
 from bertkit.model.pooling import segment_sum
 from bertkit.model.weights import prefixed_state_dict, write_safetensors
 
+# bertkit task name -> transformers problem_type of its head
+PROBLEM_TYPE = {"classification": "single_label_classification", "pair-classification": "single_label_classification",
+                "multilabel": "multi_label_classification", "regression": "regression",
+                "ner": "single_label_classification"}
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 TASK_KEYS = ("architectures", "id2label", "label2id", "problem_type")
 _TASK_KEYS = TASK_KEYS  # deprecated name
@@ -209,3 +213,13 @@ class TokenClassifier(_Head):
     def forward(self, input_ids: Tensor, packing: Packing, token_type_ids: Tensor | None = None) -> Tensor:
         """input_ids (total_tokens,) -> logits (total_tokens, num_labels)."""
         return self.logits_from(self.encoder.forward_packed(input_ids, packing, token_type_ids))
+
+
+def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassifier | TokenClassifier:
+    """The head a bertkit task trains: token classification for "ner", else sequence classification (one output
+    for regression)."""
+    if task not in PROBLEM_TYPE:  # the task names of bertkit.data.tasks.TASKS
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(PROBLEM_TYPE)}")
+    if task == "ner":
+        return TokenClassifier(encoder, num_labels)
+    return SequenceClassifier(encoder, 1 if task == "regression" else num_labels, PROBLEM_TYPE[task])

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.data.batch import DeviceBatch, pack
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.encoder import Encoder, default_max_length
 from bertkit.hub import DEFAULT_MODEL
@@ -48,8 +49,8 @@ from bertkit.model.directory import load_encoder
 from bertkit.model.sentence import SentenceConfig
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.search import evaluate_retrieval
-from bertkit.train.engine import TrainConfig, Trainer, TrainState
 from bertkit.train.finetune import prepare_output_dir
+from bertkit.train.trainer import TrainConfig, Trainer, TrainState
 
 log = logging.getLogger("bertkit")
 # what a run writes into its output directory (an existing one is refused unless resumed or overwritten)
@@ -57,13 +58,8 @@ OUTPUT_FILES = ("config.json", "model.safetensors", "modules.json", "sentence_be
                 "config_sentence_transformers.json", "metrics.jsonl", "training_curve.png")
 
 
-def _pack(seqs: list[list[int]]) -> tuple[Tensor, Packing]:
-    """Token lists -> ids (total_tokens,) and their Packing."""
-    return torch.tensor([t for x in seqs for t in x]), Packing.from_lengths([len(x) for x in seqs])
-
-
 @dataclass
-class PairBatch:
+class PairBatch(DeviceBatch):
     """n (query, positive) pairs and n*h hard negatives, each side packed: ids (total_tokens,) with a Packing.
 
     Documents are the n positives then the hard negatives, query by query: d_keys (n + n*h,) holds each
@@ -79,15 +75,6 @@ class PairBatch:
     num_tokens: int
     num_units: int  # pairs
     teacher: Tensor | None = None
-
-    def to(self, device: torch.device) -> PairBatch:
-        if self.q_ids.device == device:
-            return self
-        move = lambda p: Packing(p.cu_seqlens.to(device), p.lengths, p.runs)  # noqa: E731
-        return dataclasses.replace(self, q_ids=self.q_ids.to(device), q_packing=move(self.q_packing),
-                                   d_ids=self.d_ids.to(device), d_packing=move(self.d_packing),
-                                   d_keys=self.d_keys.to(device),
-                                   teacher=None if self.teacher is None else self.teacher.to(device))
 
 
 def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[int], batch_size: int, seed: int,
@@ -105,8 +92,10 @@ def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[in
         qs = [q_ids[i] for i in idx]
         ds = [d_ids[i] for i in idx] + ([x for i in idx for x in negatives[i]] if negatives else [])
         keys = [d_keys[i] for i in idx] + ([k for i in idx for k in neg_keys[i]] if neg_keys else [])
-        out.append(PairBatch(*_pack(qs), *_pack(ds), torch.tensor(keys), sum(map(len, qs)) + sum(map(len, ds)),
-                             len(idx), None if teacher is None else torch.from_numpy(teacher[idx]).float()))
+        (q, _, q_packing), (d, _, d_packing) = pack(qs), pack(ds)
+        out.append(PairBatch(q, q_packing, d, d_packing, torch.tensor(keys), q_packing.total_tokens
+                             + d_packing.total_tokens, len(idx),
+                             None if teacher is None else torch.from_numpy(teacher[idx]).float()))
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bertkit.data.corpora import load_bbc_news
+from bertkit.data.packaged import load_bbc_news
 from bertkit.data.text_files import json_object, read_lines
 from bertkit.errors import BertkitError, InputFileError
 
@@ -190,3 +190,10 @@ def training_splits(dataset: str | None, queries: str | None, docs: str | None, 
     if queries and docs and qrels:
         return load_retrieval_files(queries, docs, qrels), None, None
     raise ValueError("give --dataset bbc-news, or all three of --queries, --docs and --qrels")
+
+
+def bbc_documents() -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """The distinct BBC News articles: id topic/number, "title. body" embedded, title, topic and body as metadata."""
+    articles = load_bbc_news(dedupe=True)
+    return ([a.path.removesuffix(".txt") for a in articles], [f"{a.title}. {a.body}" for a in articles],
+            [{"title": a.title, "topic": a.topic, "text": a.body} for a in articles])

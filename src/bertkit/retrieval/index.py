@@ -21,16 +21,11 @@ names them; only then are the old generation's files removed. A save that fails 
 the previous manifest and its files in place, so a directory always loads as the old index or the
 new one, never a mix.
 
-One writer at a time: a build or an append holds ``index_lock(directory)`` (an OS lock, ``flock``, on the
-directory itself) from reading the old index to saving the new one. Without it two appends both read the
-old index and the last save silently drops the other's documents; with it the second waits for the first
-and then reads what the first saved. The OS releases the lock when its process ends, even on SIGKILL.
+One writer at a time: a build or an append holds ``index_lock(directory)`` (``retrieval/index_lock.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +33,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +42,10 @@ import numpy as np
 from bertkit.data.text_files import json_object, read_lines
 from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError, CheckpointError, InputFileError
-from bertkit.hub import _ALIASES, BUILTIN_MODELS
+from bertkit.hub import ALIASES, BUILTIN_MODELS
 from bertkit.loader import load
 from bertkit.model.pooling import pooling_modes
+from bertkit.retrieval.index_lock import IndexLocked, index_lock  # noqa: F401  (importable from here too)
 from bertkit.retrieval.search import exact_search
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 
@@ -61,56 +57,6 @@ EXACT_MAX = 20_000  # auto: exact search below this many vectors (~3 ms a query 
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 128, 64  # the benchmarked settings
 # our data files, and the temp files of killed saves (atomic_path names them ".<name>.<random>.tmp")
 _OWN_FILE = re.compile(r"^(\.?(vectors|items|hnsw)-[0-9a-f]{8}\.(npy|jsonl|faiss)|\.index\.json)(\.[^.]+\.tmp)?$")
-
-
-class IndexLocked(BertkitError):
-    """Another process is writing the index and did not finish within the wait allowed."""
-
-
-@contextlib.contextmanager
-def index_lock(directory: str | os.PathLike[str], timeout_s: float | None = 600.0,
-               on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold the index directory's writer lock (the directory is created if missing) for the block.
-
-    If another process holds it, ``on_wait(message)`` is called once and this waits for it, polling, up to
-    ``timeout_s`` seconds (None: for ever), then raises IndexLocked. The lock is ``flock`` on the directory's
-    own descriptor: no lock file to leave behind, and the OS drops it when the holder dies. A holder may remove
-    the (empty) directory it created when its build fails; a waiter then finds its descriptor no longer names
-    the directory at that path, and locks the path anew.
-    """
-    d = Path(directory)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    waited = False
-    while True:
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if not waited:
-                limit = "until it finishes" if timeout_s is None else f"up to {timeout_s:g} s"
-                (on_wait or log.warning)(f"another process is writing the index at {d}; waiting {limit}")
-                waited = True
-            if deadline is not None and time.monotonic() >= deadline:
-                raise IndexLocked(f"the index at {d} is still being written by another process after "
-                                  f"{timeout_s:g} s; nothing was written by this run. Try again when it has "
-                                  "finished") from None
-            time.sleep(0.1)
-            continue
-        try:
-            current = os.stat(d)
-        except FileNotFoundError:
-            current = None
-        locked = os.fstat(fd)
-        if current is None or (current.st_dev, current.st_ino) != (locked.st_dev, locked.st_ino):
-            os.close(fd)  # the directory we locked was removed (or replaced) meanwhile: lock the path again
-            continue
-        break
-    try:
-        yield d
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _faiss() -> Any:
@@ -131,7 +77,7 @@ def _sha256(path: Path) -> str:
 
 def _model_key(name: str, directory: str | None) -> str:
     """What identifies a model: a built-in's name (its install path varies), else its resolved directory."""
-    name = _ALIASES.get(name, name)
+    name = ALIASES.get(name, name)
     if name in BUILTIN_MODELS or not directory:
         return name
     return str(Path(directory).resolve())
@@ -374,7 +320,7 @@ class VectorIndex:
             raise BertkitError("the index records no model; name the model that made its vectors")
         if model is None:  # a built-in by name (its install path varies), a local model by its recorded path
             name, directory = self.model["name"], self.model.get("directory")  # type: ignore[index]
-            builtin = _ALIASES.get(name, name) in BUILTIN_MODELS
+            builtin = ALIASES.get(name, name) in BUILTIN_MODELS
             model = directory if directory and not builtin and Path(directory).is_dir() else name
             try:
                 encoder = load(model)

@@ -37,8 +37,8 @@ from bertkit.retrieval.biencoder import (
     pair_batches,
 )
 from bertkit.retrieval.data import RetrievalData
-from bertkit.train.engine import TrainConfig
 from bertkit.train.finetune import prepare_output_dir
+from bertkit.train.trainer import TrainConfig
 
 log = logging.getLogger("bertkit")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bertkit.data.batch import DeviceBatch, pack
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import Encoder, pick_device
 from bertkit.errors import CheckpointError
@@ -49,8 +50,8 @@ from bertkit.model.heads import SequenceClassifier, strip_task_keys
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.metrics import evaluate_run
 from bertkit.retrieval.search import embed_side, mine_hard_negatives, retrieve, retrieve_scored
-from bertkit.train.engine import TrainConfig, Trainer, TrainState, pick_precision
 from bertkit.train.finetune import prepare_output_dir
+from bertkit.train.trainer import TrainConfig, Trainer, TrainState, pick_precision
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
 
@@ -85,7 +86,7 @@ def group_loss(name: str, scores: Tensor) -> Tensor:
 
 # ---- training batches -----------------------------------------------------------------------------
 @dataclass
-class GroupBatch:
+class GroupBatch(DeviceBatch):
     """Groups of 1 + n (query, document) pairs, packed longest first into ids (total_tokens,)."""
 
     ids: Tensor
@@ -95,14 +96,6 @@ class GroupBatch:
     group_size: int
     num_tokens: int
     num_units: int  # groups: the loss is a mean over them
-
-    def to(self, device: torch.device) -> GroupBatch:
-        if self.ids.device == device:
-            return self
-        p = self.packing
-        return dataclasses.replace(self, ids=self.ids.to(device), type_ids=self.type_ids.to(device),
-                                   packing=Packing(p.cu_seqlens.to(device), p.lengths, p.runs),
-                                   unsort=self.unsort.to(device))
 
 
 def group_batches(ids: list[list[int]], type_ids: list[list[int]], group_size: int, batch_size: int, seed: int,
@@ -122,10 +115,9 @@ def group_batches(ids: list[list[int]], type_ids: list[list[int]], group_size: i
         unsort = np.empty_like(by_len)
         unsort[by_len] = np.arange(len(by_len))
         packed = pairs[by_len]
-        out.append(GroupBatch(torch.tensor([t for i in packed for t in ids[i]]),
-                              torch.tensor([t for i in packed for t in type_ids[i]]),
-                              Packing.from_lengths([int(x) for x in lengths[by_len]]), torch.from_numpy(unsort),
-                              group_size, int(lengths.sum()), len(pairs) // group_size))
+        flat, types, packing = pack([ids[i] for i in packed], [type_ids[i] for i in packed])
+        out.append(GroupBatch(flat, types, packing, torch.from_numpy(unsort), group_size, packing.total_tokens,
+                              len(pairs) // group_size))
     return out
 
 

@@ -1,7 +1,7 @@
 """``ServerConfig``: every limit and setting of the HTTP server, with its default, in one place.
 
-It imports nothing heavy, so the command line can show the defaults without loading the web stack. README's
-Limits section lists the same fields.
+It imports nothing heavy, so the command line can show the defaults without loading the web stack. The docs'
+Limits page (docs/limits.md, Server limits) lists the same fields.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass
 class ServerConfig:
-    """Every limit the server enforces, with its default (README, Limits: the same list)."""
+    """Every limit the server enforces, with its default (docs/limits.md, Server limits: the same list)."""
 
     max_texts_per_request: int = 256
     max_body_bytes: int = 1 << 20

@@ -38,8 +38,9 @@ from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.checkpoint import checkpoint_dir
-from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, config_from_dict
+from bertkit.train.trainer import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
+from bertkit.utils.recipes import config_from_dict
 from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
@@ -85,7 +86,8 @@ class FinetuneConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        """From a plain mapping (a YAML recipe or kwargs); unknown keys and wrong types are errors naming them."""
+        """From a plain mapping (a YAML recipe or kwargs); unknown keys and wrong types are errors naming them.
+        Training keys may sit flat (``lr: 1e-4``) or in a ``training:`` block (``utils/recipes.config_from_dict``)."""
         return config_from_dict(cls, d)
 
 

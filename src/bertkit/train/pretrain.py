@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.data.batch import DeviceBatch
 from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order, shard_batches
 from bertkit.data.masking import MaskingConfig, VocabInfo, mask_sequences
 from bertkit.data.tokenizer import Tokenizer
@@ -56,10 +57,10 @@ from bertkit.model.families import FAMILIES, config_from_hf, describe_architectu
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.mlm import MaskedLM
 from bertkit.train.distributed import DistInfo, init_distributed
-from bertkit.train.engine import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState, parse_duration
 from bertkit.train.finetune import prepare_output_dir
+from bertkit.train.trainer import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.recipes import apply_overrides, from_dict, load_recipe
+from bertkit.utils.recipes import config_from_dict, read_settings
 from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
@@ -96,22 +97,16 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        """From a plain mapping (a YAML recipe with overrides); unknown keys and wrong types name the key."""
-        d = dict(d)
-        training = dict(d.get("training") or {})
-        if isinstance(training.get("time_budget"), str):
-            training["time_budget"] = parse_duration(training["time_budget"])
-        d["training"] = training
-        cfg = from_dict(cls, d)
-        defaults = asdict(cls().training)  # the recipe's training block sits on top of the pretraining defaults
-        cfg.training = TrainConfig(**{**defaults, **{k: getattr(cfg.training, k) for k in training}})
+        """From a plain mapping (a YAML recipe with overrides); unknown keys and wrong types name the key. The
+        ``training`` block sits on top of the pretraining defaults above (``utils/recipes.config_from_dict``)."""
+        cfg = config_from_dict(cls, d)
         cfg.validate()
         return cfg
 
     @classmethod
     def from_recipe(cls, name_or_file: str, overrides: Sequence[str] = ()) -> PretrainConfig:
         """``PretrainConfig.from_recipe("tiny-cpu", ["training.lr=1e-4"])``: a recipe name or YAML file."""
-        return cls.from_dict(apply_overrides(load_recipe(name_or_file), list(overrides)))
+        return cls.from_dict(read_settings(cls, name_or_file, overrides))
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -214,7 +209,7 @@ def new_encoder_config(model: dict[str, Any], vocab_size: int, pad_token_id: int
 
 
 @dataclass
-class MLMBatch:
+class MLMBatch(DeviceBatch):
     """Packed fixed-length sequences with their masks: every tensor is flat over (n * seq) tokens."""
 
     input_ids: Tensor  # (total_tokens,) with [MASK]/random/kept tokens at the chosen positions
@@ -223,14 +218,6 @@ class MLMBatch:
     targets: Tensor  # (n_masked,) their original ids
     num_tokens: int
     num_units: int  # masked tokens: what the MLM loss averages over
-
-    def to(self, device: torch.device) -> MLMBatch:
-        if self.input_ids.device == device:
-            return self
-        return dataclasses.replace(self, input_ids=self.input_ids.to(device), positions=self.positions.to(device),
-                                   targets=self.targets.to(device),
-                                   packing=Packing(self.packing.cu_seqlens.to(device), self.packing.lengths,
-                                                   self.packing.runs))
 
 
 class MaskedBatches(Sequence):

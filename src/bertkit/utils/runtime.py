@@ -2,9 +2,9 @@
 
 glibc serves allocations above its mmap threshold (up to 32 MB) with fresh ``mmap`` pages and
 returns them on free, so every large activation tensor page-faults anew. On this 2-core CPU that
-cost 30% of embedding throughput at 256-token batches (4,700 -> 6,750 tokens/s, see README). Raising
-the threshold keeps freed blocks in the heap for reuse, as jemalloc/tcmalloc would; the price is a
-higher resident set after peaks. Set ``BERTKIT_MALLOC_TUNING=0`` to leave the allocator alone.
+cost 30% of embedding throughput at 256-token batches (4,700 -> 6,750 tokens/s, docs/benchmarks.md
+"Allocator setting"). Raising the threshold keeps freed blocks in the heap for reuse, as jemalloc/tcmalloc
+would; the price is a higher resident set after peaks. Set ``BERTKIT_MALLOC_TUNING=0`` to leave the allocator alone.
 ``trim_heap()`` returns free heap pages to the OS; the server calls it every few seconds under load.
 
 ``cache_dir()`` is where per-machine and per-model decisions are kept (the CPU kernel choice, int8
@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger("bertkit")
 
@@ -57,8 +59,8 @@ def trim_heap(min_interval_s: float = 0.0) -> bool:
     Why: a long-running server that tokenizes many small requests fragments glibc's heaps; the free memory
     stays resident and the resident set creeps up without a plateau (measured: +8% from 2,000 to 5,000
     requests, whether or not ``tune_allocator`` ran and with 2 arenas as with 16; a trim every ~10 s kept it
-    flat; see README, serving). One trim every few seconds costs nothing measurable; one per batch would
-    bring back the page faults ``tune_allocator`` removes.
+    flat; docs/benchmarks.md, "Server memory under steady load"). One trim every few seconds costs nothing
+    measurable; one per batch would bring back the page faults ``tune_allocator`` removes.
     """
     now = time.monotonic()
     with _trim_lock:
@@ -81,3 +83,10 @@ def cache_dir() -> Path:
         return Path(os.environ["BERTKIT_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bertkit"
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device; None: CUDA when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -70,6 +70,16 @@ class MLMSpec:
     has_bias: bool | str = True
 
 
+# Every family but ModernBERT: dropout, then one Linear named "classifier" on each token's state.
+TOKEN_CLASSIFIER = ClassifierSpec(out="classifier", pooling="token")
+
+
+def hf_classes(name: str, **more: str) -> dict[str, str]:
+    """transformers' class names of a family, by role: ``hf_classes("Bert", pretraining="BertForPreTraining")``."""
+    return {"encoder": f"{name}Model", "sequence": f"{name}ForSequenceClassification",
+            "token": f"{name}ForTokenClassification", "mlm": f"{name}ForMaskedLM", **more}
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -81,8 +91,8 @@ class Family:
     to_hf: Callable[[EncoderConfig], dict[str, Any]]
     encoder_keys: Callable[[EncoderConfig, bool], KeyMap]
     sequence: ClassifierSpec
-    token: ClassifierSpec
     mlm: MLMSpec
+    token: ClassifierSpec = TOKEN_CLASSIFIER
     extra_heads: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> {HF name: ours} (ELECTRA's)
 
     def architecture(self, model_type: str, role: str) -> str:

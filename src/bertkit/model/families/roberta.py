@@ -17,6 +17,7 @@ from bertkit.model.families.base import (
     ClassifierSpec,
     Family,
     MLMSpec,
+    hf_classes,
     read_common,
     require,
     take,
@@ -43,24 +44,18 @@ def to_hf(cfg: EncoderConfig) -> dict[str, Any]:
     return {**write_common(cfg), "model_type": cfg.model_type, "position_embedding_type": "absolute"}
 
 
-def _classes(name: str) -> dict[str, str]:
-    return {"encoder": f"{name}Model", "sequence": f"{name}ForSequenceClassification",
-            "token": f"{name}ForTokenClassification", "mlm": f"{name}ForMaskedLM"}
-
-
 FAMILY = Family(
     name="roberta",
     model_types=("roberta", "xlm-roberta", "camembert"),
     prefix="roberta",
-    classes={"roberta": _classes("Roberta"), "xlm-roberta": _classes("XLMRoberta"),
-             "camembert": _classes("Camembert")},
+    classes={"roberta": hf_classes("Roberta"), "xlm-roberta": hf_classes("XLMRoberta"),
+             "camembert": hf_classes("Camembert")},
     defaults=DEFAULTS,
     from_hf=from_hf,
     to_hf=to_hf,
     encoder_keys=bert.encoder_keys,
     sequence=ClassifierSpec(dense="classifier.dense", activation="tanh", out="classifier.out_proj",
                             dropout_first=True),
-    token=ClassifierSpec(out="classifier", pooling="token"),
     mlm=MLMSpec(dense="lm_head.dense", norm="lm_head.layer_norm", bias="lm_head.bias",
                 decoder="lm_head.decoder.weight", decoder_bias="lm_head.decoder.bias", activation="gelu"),
 )
