@@ -27,8 +27,9 @@ $(VENV)/.python-docs:
 		dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc && rm python3.11-doc_*.deb )
 	touch $@
 
+# --no-compile: the test tools' thousands of modules are byte-compiled when imported, not all at install (faster CI)
 $(VENV)/.test: $(VENV)/.runtime
-	$(PIP) install -q $(TORCH) -e '.[test,docs]'
+	$(PIP) install -q --no-compile $(TORCH) -e '.[test,docs]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

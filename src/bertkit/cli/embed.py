@@ -1,18 +1,26 @@
-"""``bertkit embed MODEL --input FILE --output FILE``: sentence embeddings of a file of texts."""
+"""``bertkit embed MODEL --input FILE --output FILE``: sentence embeddings of a file of texts.
+
+``--output FILE.npy|FILE.parquet`` writes one file, as the texts fit in memory. ``--output DIR`` streams any
+number of inputs (files, folders, globs; .txt/.jsonl/.csv/.tsv/.parquet) into Parquet parts plus a manifest
+(``bertkit.distributed.parts``): memory stays flat, ``--resume`` continues a killed run (at most one part is
+redone), ``--shard i/n`` embeds a deterministic 1/n of the parts so that n machines split a corpus.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.outputs import check_output_path, write_embeddings
 from bertkit.data.text_files import read_texts
+from bertkit.distributed.parts import PART_ROWS, embed_to_parts, parse_shard
 from bertkit.encoder import POOLINGS
 from bertkit.loader import load
 from bertkit.model.attention import PATHS
-from bertkit.utils.output_paths import check_output_file
+from bertkit.utils.output_paths import check_output_dir, check_output_file
 
 log = logging.getLogger("bertkit")
 
@@ -21,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed texts from a .txt/.jsonl/.csv file into .npy or .parquet")
     p.add_argument("model", nargs="?", default=None,
                    help="built-in name or local HF directory (default all-MiniLM-L6-v2)")
-    p.add_argument("--input", "-i", required=True, help=".txt (one text per line), .jsonl or .csv/.tsv")
-    p.add_argument("--output", "-o", required=True, help=".npy or .parquet")
+    p.add_argument("--input", "-i", required=True, nargs="+",
+                   help=".txt (one text per line), .jsonl or .csv/.tsv; with --output DIR also .parquet, several "
+                        "files, folders and globs")
+    p.add_argument("--output", "-o", required=True,
+                   help=".npy or .parquet (one file), or a directory of Parquet parts and a manifest (streamed)")
     p.add_argument("--text-column", default=None, help="field of .jsonl / column of .csv (default: text)")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="override the model's own pooling (default: its sentence-transformers setting, else mean)")
@@ -34,20 +45,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attn-implementation", "--path", dest="attn_implementation", choices=PATHS, default="unpadded",
                    help="execution path (transformers' name; --path is its old name)")
     p.add_argument("--with-text", action="store_true", help="parquet only: store the text next to each vector")
+    parts = p.add_argument_group("streaming into a directory (--output DIR)")
+    parts.add_argument("--part-rows", type=int, default=PART_ROWS, help="texts per Parquet part (default %(default)s)")
+    parts.add_argument("--shard", default=None, metavar="i/n",
+                       help="embed only the parts numbered i modulo n (0 <= i < n), e.g. 0/4 on the first of four "
+                            "machines")
+    once = parts.add_mutually_exclusive_group()
+    once.add_argument("--resume", action="store_true", help="continue a killed run in --output (same settings)")
+    once.add_argument("--overwrite", action="store_true", help="start over in a non-empty --output")
     add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_output_path(args.output)  # fail before any work is done
-    check_output_file(out)
-    texts = read_texts(args.input, args.text_column)
+    target = Path(args.output)
+    streamed = target.is_dir() or not target.suffix  # a directory of parts; a file name keeps its checks below
+    if streamed:
+        shard = parse_shard(args.shard)  # fail before any work is done
+        check_output_dir(args.output)
+    else:
+        out = check_output_path(args.output)
+        check_output_file(out)
+        if len(args.input) > 1:
+            raise ValueError("several --input files go into a directory: give --output DIR (Parquet parts)")
+        for flag in ("shard", "resume", "overwrite"):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag} applies to --output DIR (Parquet parts), not to a single file")
+        texts = read_texts(args.input[0], args.text_column)
     enc = load(args.model, attn_implementation=args.attn_implementation, engine=engine_from_args(args))
     if args.max_length is not None:
         enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
+    normalize = False if args.no_normalize else None
+    if streamed:
+        embed_to_parts(enc, args.input, args.output, text_column=args.text_column, part_rows=args.part_rows,
+                       shard=shard, resume=args.resume, overwrite=args.overwrite, with_text=args.with_text,
+                       pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name, prompt=args.prompt)
+        return 0
     t0 = time.perf_counter()
-    vectors = enc.embed(texts, pooling=args.pooling, normalize=False if args.no_normalize else None,
-                        prompt_name=args.prompt_name, prompt=args.prompt)
+    vectors = enc.embed(texts, pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name,
+                        prompt=args.prompt)
     dt = time.perf_counter() - t0
     write_embeddings(out, vectors, texts if args.with_text and out.suffix == ".parquet" else None)
     log.info("embedded %d texts in %.1f s (%.0f texts/s) -> %s %s", len(texts), dt, len(texts) / max(dt, 1e-9),
