@@ -74,10 +74,16 @@ def matthews_corrcoef(y_true: Sequence, y_pred: Sequence) -> float:
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r as scipy computes it: centred, each side scaled by its largest magnitude before the norms (so
+    values of 1e-200 do not underflow to a zero denominator), clipped to [-1, 1]; 0.0 for a constant side."""
     a, b = _as_arrays(x, y)
     a, b = a.astype(float) - np.mean(a), b.astype(float) - np.mean(b)
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom else 0.0
+    scale_a, scale_b = np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0)
+    if scale_a == 0 or scale_b == 0:
+        return 0.0
+    a, b = a / scale_a, b / scale_b
+    r = np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b))
+    return float(np.clip(r, -1.0, 1.0))
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

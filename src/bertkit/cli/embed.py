@@ -59,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     target = Path(args.output)
-    streamed = target.is_dir() or not target.suffix  # a directory of parts; a file name keeps its checks below
+    # .npy / .parquet: one file (an existing directory of that name is refused below); no suffix, or an existing
+    # directory: Parquet parts; any other suffix: the one-file checks name the unsupported format
+    streamed = target.suffix.lower() not in (".npy", ".parquet") and (target.is_dir() or not target.suffix)
     if streamed:
         shard = parse_shard(args.shard)  # fail before any work is done
         check_output_dir(args.output)

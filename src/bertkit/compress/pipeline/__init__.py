@@ -43,6 +43,7 @@ The package, one module per concern:
 
   recipe.py    ``CompressRecipe`` (the schema), ``load_recipe`` with ``key=value`` / ``steps.K.param=value``
   steps.py     one class per step kind (its settings, label, checks and run) and ``STEP_KINDS``, the table of them
+  configs.py   the settings of the kinds without a config class elsewhere (structured, drop_layers, lowrank, quantize)
   formats.py   a step directory's format, ``load_model`` (as served), saving
   context.py   ``Run``: what one run's steps and measurements share
   measure.py   metric, size, parameters, sparsity, throughput of a step's model
@@ -54,6 +55,13 @@ import os
 from typing import Any
 
 from bertkit.compress.pipeline import run as runner
+from bertkit.compress.pipeline.configs import (
+    QUANTIZE_MODES,
+    DropLayersConfig,
+    LowRankConfig,
+    QuantizeConfig,
+    StructuredConfig,
+)
 from bertkit.compress.pipeline.context import Run
 from bertkit.compress.pipeline.formats import load_model, model_format, save_model
 from bertkit.compress.pipeline.measure import (
@@ -70,21 +78,16 @@ from bertkit.compress.pipeline.recipe import SPLITS, CompressRecipe, load_recipe
 from bertkit.compress.pipeline.report import PARETO_PNG, REPORT_JSON, REPORT_MD, format_table, plot_pareto, write_report
 from bertkit.compress.pipeline.run import TRAINING_CONFIGS, CompressionError
 from bertkit.compress.pipeline.steps import (
-    QUANTIZE_MODES,
     RECIPE_ONLY,
     STEP_KINDS,
     TRAIN_LOGS,
     DistillStep,
-    DropLayersConfig,
     DropLayersStep,
-    LowRankConfig,
     LowRankStep,
     OriginalStep,
     PruneStep,
-    QuantizeConfig,
     QuantizeStep,
     Step,
-    StructuredConfig,
     StructuredStep,
     parse_step,
 )
