@@ -31,16 +31,19 @@ def read_lines(path: Path) -> list[str]:
         raise InputFileError(path, "file not found") from None
     except IsADirectoryError:
         raise InputFileError(path, "is a directory, expected a file") from None
-    lines = []
-    for n, line in enumerate(raw.splitlines(), start=1):
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise InputFileError(path, f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})",
-                                 line=n) from None
+    lines = [decode_line(path, line, n) for n, line in enumerate(raw.splitlines(), start=1)]
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]  # byte-order mark
     return lines
+
+
+def decode_line(path: Path, line: bytes, n: int) -> str:
+    """Line ``n`` of ``path`` as UTF-8, or an InputFileError naming the bad byte, its column and the line."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputFileError(path, f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})",
+                             line=n) from None
 
 
 def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> list[str]:

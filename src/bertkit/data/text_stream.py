@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from bertkit.data.text_files import decode_line, json_object
 from bertkit.errors import InputFileError
 
 STREAM_FORMATS = (".txt", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -86,11 +86,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         for raw in f:
             for line in raw.splitlines() or [b""]:  # a lone \r also ends a line, as in the whole-file reader
                 n += 1
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputFileError(path, f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column "
-                                               f"{e.start + 1})", line=n) from None
+                text = decode_line(path, line, n)
                 yield n, text.removeprefix("\ufeff") if n == 1 else text
 
 
@@ -103,13 +99,9 @@ def _jsonl_texts(path: Path, column: str) -> Iterator[str]:
     for n, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputFileError(path, f"not valid JSON ({e.msg} at column {e.colno})", line=n) from None
-        if not isinstance(obj, dict) or column not in obj:
-            fields = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise InputFileError(path, f"missing field {column!r} (fields: {fields or 'none'})", line=n)
+        obj = json_object(path, line, n)
+        if column not in obj:
+            raise InputFileError(path, f"missing field {column!r} (fields: {', '.join(obj) or 'none'})", line=n)
         if not isinstance(obj[column], str):
             raise InputFileError(path, f"field {column!r} is {type(obj[column]).__name__}, expected a string",
                                  line=n)

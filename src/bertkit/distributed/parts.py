@@ -79,12 +79,14 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
     manifest = _start(out, settings, resume, overwrite)
     _save(out, manifest)  # the settings first: a run killed before its first part still resumes (and is checked)
     done = manifest["parts"]
-    total = count_texts(files, text_column)
-    shown = progress if progress is not None else total >= 1000
-    started, embedded = time.perf_counter(), 0
+    # one counting pass over the input, only for the bar's total and ETA (not when the caller turned the bar off)
+    total = None if progress is False else count_texts(files, text_column)
+    shown = progress if progress is not None else (total or 0) >= 1000
+    started, embedded, rows = time.perf_counter(), 0, 0
     with tqdm(total=total, disable=not shown, unit="text", desc=f"embed shard {i}/{n}" if n > 1 else "embed",
               mininterval=1.0) as bar:
         for k, texts in _parts(iter_texts(files, text_column), part_rows):
+            rows += len(texts)
             if k % n != i or str(k) in done:
                 bar.update(len(texts))
                 continue
@@ -98,11 +100,11 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
             trim_heap()
             embedded += len(texts)
             bar.update(len(texts))
-    manifest.update(complete=True, rows=total, dim=int(encoder.sentence.dim(pooling)))
+    manifest.update(complete=True, rows=rows, dim=int(encoder.sentence.dim(pooling)))
     _save(out, manifest)
     seconds = time.perf_counter() - started
     log.info("embedded %d texts in %.1f s into %d part(s) at %s (shard %d/%d; %d rows in all)", embedded, seconds,
-             len(done), out, i, n, total)
+             len(done), out, i, n, rows)
     return manifest
 
 
@@ -156,7 +158,8 @@ def _settings(encoder: Encoder, files: list[Path], text_column: str | None, part
         "pooling": list(encoder.sentence.modes) if pooling is None else pooling, "normalize": normalize,
         "prompt": prompt, "text_column": text_column, "with_text": with_text, "part_rows": part_rows,
         "shard": list(shard),
-        "input": [{"file": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files],
+        "input": [{"file": str(f), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+                  for f, st in ((f, f.stat()) for f in files)],
     }
 
 

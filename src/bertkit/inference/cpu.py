@@ -352,17 +352,27 @@ class Int8Linear(nn.Module):
                 torch.zeros(self.out_features, dtype=torch.long), 0)
             self._packed = torch.ops.quantized.linear_prepack(qw, None)
 
+    @staticmethod
+    def check_tensors(weight_t: Tensor, error: type[Exception] = ValueError,
+                      **vectors: tuple[Tensor | None, str]) -> tuple[int, int]:
+        """(in, out) of a stored int8 layer: ``weight_t`` (in, out) int8, and each named vector (or None) of the
+        length its axis ("in" / "out") says; else ``error`` naming the tensor. Int8Linear and the static int8
+        layer of compress/quantize check their tensors with it."""
+        in_f, out_f = weight_t.shape
+        if weight_t.dtype != torch.int8:
+            raise error(f"weight_t must be int8, got {weight_t.dtype}")
+        for name, (t, axis) in vectors.items():
+            n = in_f if axis == "in" else out_f
+            if t is not None and tuple(t.shape) != (n,):
+                raise error(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+        return in_f, out_f
+
     @classmethod
     def from_quantized(cls, weight_t: Tensor, scale: Tensor, bias: Tensor | None = None,
                        inv_smooth: Tensor | None = None, kernel: str | None = None) -> Int8Linear:
         """An Int8Linear from the tensors another one holds (a saved checkpoint): weight_t (in, out) int8,
         scale (out,) with the activations' 1/127 folded in, as ``__init__`` makes it; bias (out,); inv_smooth (in,)."""
-        in_f, out_f = weight_t.shape
-        if weight_t.dtype != torch.int8:
-            raise ValueError(f"weight_t must be int8, got {weight_t.dtype}")
-        for name, t, n in (("scale", scale, out_f), ("bias", bias, out_f), ("inv_smooth", inv_smooth, in_f)):
-            if t is not None and tuple(t.shape) != (n,):
-                raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+        cls.check_tensors(weight_t, scale=(scale, "out"), bias=(bias, "out"), inv_smooth=(inv_smooth, "in"))
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self._init(weight_t, scale, None if bias is None else bias.float(), inv_smooth, kernel or default_kernel())

@@ -200,8 +200,7 @@ class PruneStep(Step):
             cfg.steps = max(1, math.ceil(self.epochs * len(feats) / cfg.batch_size))
             cfg.validate()
         result = sparse.prune_gradually(tm, feats, config=cfg, output_dir=work)
-        tm.save_pretrained(build)
-        keep_logs(work, build, (METRICS_FILE, CURVE_FILE))
+        save_float(tm, build, work)
         return "hf", {"sparsity": result.masks.sparsity()["overall"], "optimizer_steps": result.state.step,
                       "schedule": result.history}
 
@@ -247,8 +246,7 @@ class StructuredStep(Step):
                                                for i, n in extra.items() if n})
         details["after"] = structured.layer_sizes(tm.head)
         details.update(finetune(run, tm, c.finetune_steps, c.lr, c.batch_size, work))
-        tm.save_pretrained(build)
-        keep_logs(work, build, (METRICS_FILE, CURVE_FILE))
+        save_float(tm, build, work)
         return "hf", details
 
 
@@ -277,8 +275,7 @@ class DropLayersStep(Step):
         c: DropLayersConfig = self.config
         structured.drop_layers(tm.head, c.keep)
         details = finetune(run, tm, c.finetune_steps, c.lr, c.batch_size, work)
-        tm.save_pretrained(build)
-        keep_logs(work, build, (METRICS_FILE, CURVE_FILE))
+        save_float(tm, build, work)
         return "hf", details
 
 
@@ -387,6 +384,12 @@ def _refuse_recipe_settings(cls: type[Step], params: dict[str, Any]) -> None:
 
 
 # ---- what the steps share --------------------------------------------------------------------------------------
+def save_float(tm: TaskModel, build: Path, work: Path) -> None:
+    """A float step's model in the HF task layout, with the training logs of its fine-tune."""
+    tm.save_pretrained(build)
+    keep_logs(work, build, (METRICS_FILE, CURVE_FILE))
+
+
 def keep_logs(work: Path, build: Path, names: Sequence[str]) -> None:
     """Copy the training logs ``names`` found in ``work`` into the step's ``train/`` folder."""
     found = [work / n for n in names if (work / n).is_file()]

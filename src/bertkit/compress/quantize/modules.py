@@ -151,12 +151,8 @@ class StaticInt8Linear(nn.Module):
 
     def __init__(self, weight_t: Tensor, scale: Tensor, input_mul: Tensor, bias: Tensor | None) -> None:
         super().__init__()
-        in_f, out_f = weight_t.shape
-        if weight_t.dtype != torch.int8:
-            raise QuantizationError(f"weight_t must be int8, got {weight_t.dtype}")
-        for name, t, n in (("scale", scale, out_f), ("input_mul", input_mul, in_f), ("bias", bias, out_f)):
-            if t is not None and tuple(t.shape) != (n,):
-                raise QuantizationError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+        in_f, out_f = Int8Linear.check_tensors(weight_t, QuantizationError, scale=(scale, "out"),
+                                               input_mul=(input_mul, "in"), bias=(bias, "out"))
         self.register_buffer("weight_t", weight_t)
         self.register_buffer("scale", scale.float())
         self.register_buffer("input_mul", input_mul.float())
