@@ -29,11 +29,11 @@ $(VENV)/.python-docs:
 
 # --no-compile: the test tools' thousands of modules are byte-compiled when imported, not all at install (faster CI)
 $(VENV)/.test: $(VENV)/.runtime
-	$(PIP) install -q --no-compile $(TORCH) -e '.[test,docs]'
+	$(PIP) install -q --no-compile $(TORCH) -e '.[test,docs,ray]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
-	$(PIP) install -q $(TORCH) -e '.[test,docs,bench]'
+	$(PIP) install -q $(TORCH) -e '.[test,docs,ray,bench]'
 	touch $@
 
 $(VENV)/.docs: $(VENV)/.runtime

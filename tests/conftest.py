@@ -78,3 +78,17 @@ def mlm_dir(tmp_path_factory, minilm_dir):
     torch.manual_seed(0)
     MaskedLM.from_pretrained(d).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (starting one costs ~15 s on 2 cores): the Ray Data and the
+    Ray Serve tests share it. Skipped where the `ray` extra is not installed (`make test` installs it)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    if started:
+        ray.shutdown()

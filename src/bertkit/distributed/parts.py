@@ -13,13 +13,12 @@ The manifest names the model, its settings, the input and the shard: resuming wi
 refused, naming what differs.
 
 ``shard=(i, n)`` embeds the parts whose number is i modulo n: n machines can split a corpus without a
-coordinator, each writing its own directory; ``read_parts`` reads one directory, or several shards' together, in
-row order.
+coordinator, each writing its own directory; ``read_parts`` / ``iter_parts`` (``data/embedding_parts.py``, where
+the format is read) read one directory, or several shards' together.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,17 +30,17 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertkit.data.embedding_parts import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest
+from bertkit.data.embedding_parts import read_parts as read_parts  # re-exported: parts are read in data/
 from bertkit.data.text_stream import count_texts, expand_inputs, iter_texts
 from bertkit.encoder import Encoder
-from bertkit.errors import BertkitError, ConfigError
-from bertkit.utils.atomic import atomic_path, atomic_write_text
+from bertkit.errors import ConfigError
+from bertkit.utils.atomic import atomic_path, atomic_write_text, sha256_file
 from bertkit.utils.output_paths import OutputPathError, check_output_dir
 from bertkit.utils.runtime import trim_heap
 
 log = logging.getLogger("bertkit")
 
-FORMAT, FORMAT_VERSION = "bertkit-embeddings", 1
-MANIFEST = "manifest.json"
 PART_ROWS = 10_000
 
 
@@ -108,44 +107,6 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
     return manifest
 
 
-def read_parts(*directories: str | os.PathLike[str], verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(rows (n,) int64, embeddings (n, dim) float32) of one output directory, or of several shards' together,
-    in row order. ``verify``: check each part's sha256 against its manifest first."""
-    import pyarrow.parquet as pq
-
-    rows, vectors = [], []
-    for d in map(Path, directories):
-        manifest = read_manifest(d)
-        if not manifest.get("complete"):
-            raise BertkitError(f"{d}: the run that writes it has not finished (resume it with --resume)")
-        for entry in manifest["parts"].values():
-            path = d / entry["file"]
-            if verify and _sha256(path) != entry["sha256"]:
-                raise BertkitError(f"{path}: its checksum differs from the manifest's: the part is corrupt")
-            table = pq.read_table(path, columns=["row", "embedding"])
-            rows.append(table.column("row").to_numpy())
-            emb = table.column("embedding").combine_chunks()
-            vectors.append(emb.flatten().to_numpy().reshape(len(emb), -1))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    r, v = np.concatenate(rows), np.concatenate(vectors)
-    order = np.argsort(r, kind="stable")
-    return r[order], v[order]
-
-
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BertkitError(f"{directory}: no {MANIFEST}: not a directory `bertkit embed` wrote parts into") from None
-    except json.JSONDecodeError as e:
-        raise BertkitError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise BertkitError(f"{path}: not a bertkit embeddings manifest (format {manifest.get('format')!r})")
-    return manifest
-
-
 # ---- the run's pieces ---------------------------------------------------------------------------------------------
 def _settings(encoder: Encoder, files: list[Path], text_column: str | None, part_rows: int, shard: tuple[int, int],
               with_text: bool, pooling: Any, normalize: bool | None, prompt: str) -> dict[str, Any]:
@@ -178,7 +139,7 @@ def _start(out: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -
                               "give another --output, or --overwrite")
         for k, entry in list(manifest["parts"].items()):
             path = out / entry["file"]
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 log.warning("%s: missing or corrupt (checksum differs from the manifest): it is embedded again", path)
                 del manifest["parts"][k]
         log.info("resuming %s: %d part(s) done", out, len(manifest["parts"]))
@@ -216,18 +177,10 @@ def _write_part(out: Path, k: int, first_row: int, vectors: np.ndarray, texts: l
         columns["text"] = pa.array(texts, type=pa.string())
     with atomic_path(out / name) as tmp:
         pq.write_table(pa.table(columns), tmp)
-    return {"file": name, "first_row": first_row, "rows": len(vectors), "sha256": _sha256(out / name)}
+    return {"file": name, "first_row": first_row, "rows": len(vectors), "sha256": sha256_file(out / name)}
 
 
 def _save(out: Path, manifest: dict[str, Any]) -> None:
     """The manifest, its parts in part order, through a temp file: a kill leaves the old one or the new one."""
     ordered = {**manifest, "parts": dict(sorted(manifest["parts"].items(), key=lambda kv: int(kv[0])))}
     atomic_write_text(out / MANIFEST, json.dumps(ordered, indent=1) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -26,7 +26,6 @@ One writer at a time: a build or an append holds ``index_lock(directory)`` (``re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ from bertkit.loader import load
 from bertkit.model.pooling import pooling_modes
 from bertkit.retrieval.index_lock import IndexLocked, index_lock  # noqa: F401  (importable from here too)
 from bertkit.retrieval.search import exact_search
-from bertkit.utils.atomic import atomic_path, atomic_write_text
+from bertkit.utils.atomic import atomic_path, atomic_write_text, sha256_file
 
 log = logging.getLogger("bertkit")
 
@@ -65,14 +64,6 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_key(name: str, directory: str | None) -> str:
@@ -348,7 +339,7 @@ class VectorIndex:
             for role, name in names.items():
                 with atomic_path(d / name) as tmp:
                     self._write(role, tmp)
-                files[role] = {"name": name, "bytes": (d / name).stat().st_size, "sha256": _sha256(d / name)}
+                files[role] = {"name": name, "bytes": (d / name).stat().st_size, "sha256": sha256_file(d / name)}
             atomic_write_text(d / "index.json", json.dumps(self._manifest(files), indent=2) + "\n")
         except BaseException:
             for name in names.values():  # this generation's finished files: the old manifest never names them
@@ -417,7 +408,7 @@ class VectorIndex:
             f, entry = d / files[role]["name"], files[role]
             if not f.is_file():
                 raise InputFileError(f, "missing (index.json lists it); the index is incomplete")
-            if f.stat().st_size != entry["bytes"] or _sha256(f) != entry["sha256"]:
+            if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
                 raise InputFileError(f, "corrupt: its size or checksum differs from index.json")
         index = cls(int(m["dim"]), m.get("model"), m.get("requested_kind", m["kind"]),
                     int(m.get("library", {}).get("ef_search", HNSW_EF_SEARCH)))
