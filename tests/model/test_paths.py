@@ -45,8 +45,10 @@ def compare(ours, hf, lengths, types):
     assert (outs["unpadded"].last_hidden_state[~m] == 0).all()
 
 
-@pytest.mark.parametrize("types", [True, False], ids=["with-token-types", "without-token-types"])
-@pytest.mark.parametrize("hf_attn", ["eager", "sdpa"])
+# eager with token types and sdpa without run in `make test`; the other two pairs (~25 s) in `make test-slow`
+@pytest.mark.parametrize(("hf_attn", "types"), [
+    ("eager", True), ("sdpa", False),
+    pytest.param("eager", False, marks=pytest.mark.slow), pytest.param("sdpa", True, marks=pytest.mark.slow)])
 def test_real_checkpoint_mixed_lengths(minilm_dir, hf_attn, types):
     ours, _ = load_pretrained(minilm_dir)
     hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation=hf_attn).eval()

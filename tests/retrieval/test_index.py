@@ -62,7 +62,7 @@ def test_auto_switches_kind_by_size_and_says_so(monkeypatch, caplog):
     idx.search(clustered(1, seed=5), 3)
     assert idx.active_kind == "exact" and "exact" in caplog.messages[-1]
     idx.add([f"e{i}" for i in range(60)], clustered(60, seed=2))  # crosses the threshold: the graph is built
-    assert idx.active_kind == "hnsw" and idx._graph.ntotal == 120
+    assert idx.active_kind == "hnsw" and idx._ann.ntotal == 120
     assert any("building an HNSW graph over 120" in m for m in caplog.messages)
     idx.search(clustered(1, seed=5), 3)
     assert "hnsw" in caplog.messages[-1]
@@ -93,7 +93,7 @@ def test_save_load_round_trip(tmp_path, kind):
     manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert manifest["count"] == 300 and manifest["dim"] == 48 and manifest["kind"] == kind
     assert manifest["library"]["name"] == ("faiss-cpu" if kind == "hnsw" else "torch")
-    assert manifest["library"]["version"] and manifest["format_version"] == 1 and manifest["created"]
+    assert manifest["library"]["version"] and manifest["format_version"] == 2 and manifest["created"]
 
 
 def listing(d):

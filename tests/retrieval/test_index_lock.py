@@ -93,3 +93,50 @@ def test_a_failed_build_leaves_no_directory_and_a_waiter_relocks_the_path(tmp_pa
         d.rmdir()
     t.join(10)
     assert got.is_set() and d.is_dir()
+
+
+def test_concurrent_deletes_and_upserts_keep_every_change(tmp_path, tiny_dir, monkeypatch, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(tiny_dir), "-i", str(write_tsv(tmp_path / "base.tsv", "base", 6)),
+                 "-o", str(out)]) == 0
+    # widen each writer's read-modify-write window: without the lock the later save would drop the other's change
+    remove = VectorIndex.remove
+
+    def slow_remove(self, *args, **kwargs):
+        time.sleep(0.5)
+        return remove(self, *args, **kwargs)
+    monkeypatch.setattr(VectorIndex, "remove", slow_remove)
+    codes = {}
+    runs = {"delete": ["index", "delete", str(out), "base0", "base1"],
+            "upsert": ["index", "upsert", str(out), "-i", str(write_tsv(tmp_path / "up.tsv", "base", 1))],
+            "delete2": ["index", "delete", str(out), "base5"]}
+    threads = [threading.Thread(target=lambda n=n: codes.__setitem__(n, main(runs[n]))) for n in runs]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(120)
+    assert codes == {"delete": 0, "upsert": 0, "delete2": 0}
+    index = VectorIndex.load(out)
+    # base0 was deleted and upserted again, in whichever order the writers got the lock
+    assert {"base1", "base5"}.isdisjoint(index.ids) and {"base2", "base3", "base4"} <= set(index.ids)
+    assert "another process is writing the index" in capsys.readouterr().err
+
+
+def test_a_delete_that_cannot_get_the_lock_gives_up_and_changes_nothing(tmp_path, tiny_dir, capsys):
+    out = tmp_path / "idx"
+    docs = write_tsv(tmp_path / "d.tsv", "d", 3)
+    assert main(["index", "build", str(tiny_dir), "-i", str(docs), "-o", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    with index_lock(out):  # this thread holds it: the CLI below runs in another thread, as another writer would
+        codes = {}
+        t = threading.Thread(target=lambda: codes.setdefault("rc", main(["index", "delete", str(out), "d0",
+                                                                         "--lock-timeout", "0.3"])))
+        t.start()
+        t.join(30)
+    assert codes == {"rc": 2}
+    err = capsys.readouterr().err
+    assert "still being written by another process after 0.3 s; nothing was written" in err
+    assert sorted(p.name for p in out.iterdir()) == before and "d0" in VectorIndex.load(out)
+    with index_lock(out), index_lock(out):  # re-entrant in the holding thread: a save inside an edit does not wait
+        VectorIndex.load(out).save(out)

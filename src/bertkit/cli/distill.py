@@ -4,13 +4,15 @@
     bertkit distill --recipe bbc-news-3l -o runs/bbc-3l teachers=[runs/bbc] --epochs 2
     bertkit distill --teacher runs/a --teacher runs/b --teacher-weights 0.7,0.3 --train t.csv --eval d.csv \\
         --alpha-attn 1 -o runs/s --student-config hidden_size=256 num_attention_heads=4 intermediate_size=1024
+    torchrun --nproc-per-node 2 -m bertkit.cli.main distill --recipe bbc-news-3l -o runs/bbc-3l-ddp
 
 A recipe is a YAML file, or the name of one in recipes/distill/, whose keys are ``DistillConfig`` fields and
 ``TrainConfig`` fields (flat, or under ``training:``). Settings, later wins: the defaults < the recipe <
 ``key=value`` overrides < flags given on the command line. Each field has a flag (``--teacher``, repeated, for
 ``teachers``; ``--student-config KEY=VALUE ...`` takes every value up to the next flag, so give it last or
 write ``student_config.hidden_size=256``). ``--config FILE`` is the deprecated alias of ``--recipe``. The
-output is a task model directory that ``bertkit evaluate`` and ``bertkit predict`` read.
+output is a task model directory that ``bertkit evaluate`` and ``bertkit predict`` read. Under torchrun (DDP)
+``--batch-size`` is the global batch, split over the ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from bertkit.cli.finetune import DATA_FLAGS
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.compress.distill import ATTN_LAYERS, DistillConfig, distill
+from bertkit.train.distributed import is_main_process
 
 KIND = "distill"
 FLAGS: dict[str, dict] = {
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     result = distill(args.output, cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # under torchrun: one report, rank 0's
+        return 0
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,
                "best_step": result.state.best_step, "dev": result.dev, "test": result.test,
                "teachers_test": result.teachers_test}

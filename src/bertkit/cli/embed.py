@@ -4,6 +4,8 @@
 number of inputs (files, folders, globs; .txt/.jsonl/.csv/.tsv/.parquet) into Parquet parts plus a manifest
 (``bertkit.distributed.parts``): memory stays flat, ``--resume`` continues a killed run (at most one part is
 redone), ``--shard i/n`` embeds a deterministic 1/n of the parts so that n machines split a corpus.
+``--ray`` runs the same engine in a pool of Ray actors, on this machine or a cluster (``--ray-address``), reading
+and writing with Ray Data into a Parquet dataset and a manifest (``bertkit.distributed.ray_data``).
 """
 
 from __future__ import annotations
@@ -46,18 +48,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="execution path (transformers' name; --path is its old name)")
     p.add_argument("--with-text", action="store_true", help="parquet only: store the text next to each vector")
     parts = p.add_argument_group("streaming into a directory (--output DIR)")
-    parts.add_argument("--part-rows", type=int, default=PART_ROWS, help="texts per Parquet part (default %(default)s)")
+    parts.add_argument("--part-rows", type=int, default=None,
+                       help=f"texts per Parquet part (default {PART_ROWS}; with --ray: at most this many per file)")
     parts.add_argument("--shard", default=None, metavar="i/n",
                        help="embed only the parts numbered i modulo n (0 <= i < n), e.g. 0/4 on the first of four "
                             "machines")
     once = parts.add_mutually_exclusive_group()
     once.add_argument("--resume", action="store_true", help="continue a killed run in --output (same settings)")
     once.add_argument("--overwrite", action="store_true", help="start over in a non-empty --output")
+    ray = p.add_argument_group("on Ray Data (--ray; needs pip install 'bertkit[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="embed in a pool of Ray actors, reading and writing with Ray Data, into --output DIR (a "
+                          "Parquet dataset and a manifest); one input format per run; no --resume/--shard")
+    ray.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                     help="a running cluster's head (`ray start --head` prints it); default: RAY_ADDRESS, else a "
+                          "cluster started on this machine, else a new local instance")
+    ray.add_argument("--workers", type=int, default=None,
+                     help="actors (default: one per GPU where the cluster has GPUs, else its CPUs // --threads)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="GPUs per actor (default: 1 where the cluster has GPUs, else 0)")
     add_engine_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray:
+        return run_on_ray(args)
+    for flag in ("ray_address", "workers", "gpus_per_worker"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --ray")
+    part_rows = PART_ROWS if args.part_rows is None else args.part_rows
     target = Path(args.output)
     # .npy / .parquet: one file (an existing directory of that name is refused below); no suffix, or an existing
     # directory: Parquet parts; any other suffix: the one-file checks name the unsupported format
@@ -70,16 +90,17 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(out)
         if len(args.input) > 1:
             raise ValueError("several --input files go into a directory: give --output DIR (Parquet parts)")
-        for flag in ("shard", "resume", "overwrite"):
-            if getattr(args, flag):
-                raise ValueError(f"--{flag} applies to --output DIR (Parquet parts), not to a single file")
+        for flag in ("shard", "resume", "overwrite", "part_rows"):
+            if getattr(args, flag) is not None and getattr(args, flag) is not False:
+                raise ValueError(f"--{flag.replace('_', '-')} applies to --output DIR (Parquet parts), not to a single "
+                                 "file")
         texts = read_texts(args.input[0], args.text_column)
     enc = load(args.model, attn_implementation=args.attn_implementation, engine=engine_from_args(args))
     if args.max_length is not None:
         enc.max_length = min(args.max_length, enc.model.config.max_position_embeddings)
     normalize = False if args.no_normalize else None
     if streamed:
-        embed_to_parts(enc, args.input, args.output, text_column=args.text_column, part_rows=args.part_rows,
+        embed_to_parts(enc, args.input, args.output, text_column=args.text_column, part_rows=part_rows,
                        shard=shard, resume=args.resume, overwrite=args.overwrite, with_text=args.with_text,
                        pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name, prompt=args.prompt)
         return 0
@@ -90,4 +111,31 @@ def run(args: argparse.Namespace) -> int:
     write_embeddings(out, vectors, texts if args.with_text and out.suffix == ".parquet" else None)
     log.info("embedded %d texts in %.1f s (%.0f texts/s) -> %s %s", len(texts), dt, len(texts) / max(dt, 1e-9),
              out, vectors.shape)
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace) -> int:
+    """``--ray``: the inputs through Ray Data's readers, a pool of encoder actors, Ray's Parquet writer."""
+    # imports ray only when called; it connects, and disconnects at the end, only when this process is not
+    # connected yet (an in-process caller's Ray stays up)
+    from bertkit.distributed.ray_data import embed_to_parquet
+
+    target = Path(args.output)
+    if target.suffix.lower() in (".npy", ".parquet") and not target.is_dir():
+        raise ValueError(f"--ray writes a directory of Parquet files (and a manifest): give --output DIR, not "
+                         f"{target.name}")
+    for flag, why in (("shard", "Ray splits the work among its actors itself"),
+                      ("resume", "a Ray run is retried by Ray, not resumed; start over with --overwrite")):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag} does not apply to --ray ({why})")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.part_rows is not None and args.part_rows < 1:
+        raise ValueError(f"--part-rows must be >= 1, got {args.part_rows}")
+    embed_to_parquet(args.input, args.output, args.model, text_column=args.text_column, overwrite=args.overwrite,
+                     with_text=args.with_text, max_rows_per_file=args.part_rows, address=args.ray_address,
+                     workers=args.workers, threads_per_worker=args.threads, num_gpus=args.gpus_per_worker,
+                     pooling=args.pooling, normalize=False if args.no_normalize else None,
+                     prompt_name=args.prompt_name, prompt=args.prompt, engine=engine_from_args(args),
+                     attn_implementation=args.attn_implementation, max_length=args.max_length)
     return 0

@@ -3,12 +3,13 @@
     bertkit finetune --recipe bbc-news -o runs/bbc lr=5e-5 --time-budget 5m
     bertkit finetune --recipe my-recipe.yaml -o runs/mine
     bertkit finetune --task ner --train train.conll --eval dev.conll -o runs/ner --epochs 3
+    torchrun --nproc-per-node 2 -m bertkit.cli.main finetune --recipe bbc-news -o runs/bbc-ddp
 
 A recipe is a YAML file, or the name of one in recipes/ (bbc-news, tweet-sentiment, wnut16-ner), whose keys
 are ``FinetuneConfig`` fields and ``TrainConfig`` fields (flat, or under ``training:``). Settings, later wins:
 the defaults < the recipe < ``key=value`` overrides < flags given on the command line. Each field has a flag
 (``--lr``, ``--batch-size``, ``--train-file`` alias ``--train``, ...). ``--config FILE`` is the deprecated
-alias of ``--recipe``.
+alias of ``--recipe``. Under torchrun (DDP) ``--batch-size`` is the global batch, split over the ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
+from bertkit.train.distributed import is_main_process
 from bertkit.train.finetune import FinetuneConfig, finetune
 
 KIND = ""  # fine-tuning recipes sit in recipes/ itself, next to the pretraining ones
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     result = finetune(args.output, cfg, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # under torchrun: one report, rank 0's
+        return 0
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,
                "best_step": result.state.best_step, "dev": result.dev, "test": result.test}
     print(json.dumps(summary, indent=2))

@@ -4,11 +4,18 @@ optionally distilled from a cross-encoder), or from raw text alone (``--mirror``
     bertkit train-embeddings --dataset bbc-news -o runs/bbc-biencoder --precision bf16
     bertkit train-embeddings --recipe bbc-news -o runs/bbc-distilled negatives=3 retriever=runs/bbc-biencoder
     bertkit train-embeddings --mirror --model MODEL -o runs/mirror --corpus notes.txt
+    bertkit train-embeddings --dataset bbc-news -o runs/bbc-big --batch-size 1024 --mini-batch-size 32
+    torchrun --nproc-per-node 2 -m bertkit.cli.main train-embeddings --dataset bbc-news -o runs/bbc-ddp
 
 A recipe is a YAML file, or the name of one in recipes/embeddings/, whose keys are ``EmbeddingsConfig`` fields
 (below) and ``TrainConfig`` fields (flat, or under ``training:``). Settings, later wins: the defaults < the
 recipe < ``key=value`` overrides < flags given on the command line (one per field: ``--negatives``, ``--lr``,
 ...; ``--corpus`` takes every value up to the next flag).
+
+``--mini-batch-size N`` is GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss): the contrastive
+batch of ``--batch-size`` pairs is embedded N sequences at a time, the same gradient in the memory of N. Under
+torchrun (DDP) ``--batch-size`` is the global batch: each rank's queries are scored against every rank's
+documents, so N ranks x B pairs train as one process with N x B.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from bertkit.loader import load
 from bertkit.model.pooling import POOLING_MODES
 from bertkit.retrieval.data import training_splits
 from bertkit.retrieval.search import evaluate_retrieval
+from bertkit.train.distributed import is_main_process
 from bertkit.train.trainer import TrainConfig
 from bertkit.utils.recipes import config_from_dict
 
@@ -53,6 +61,8 @@ class EmbeddingsConfig:
     max_texts: int = 10_000  # sentences sampled from the corpus
     span: int = 2  # [MASK]ed tokens per view
     dropout: float = 0.1  # dropout while training (Mirror-BERT needs some)
+    # GradCache: embed the batch this many sequences at a time (bounded memory, same gradient); None: all at once
+    mini_batch_size: int | None = None
     training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=2e-5, warmup_ratio=0.1))
 
     @classmethod
@@ -66,7 +76,11 @@ FLAGS: dict[str, dict] = {
     "query_prompt": dict(help='prepended to every query, e.g. "query: ", and saved as the model\'s "query" prompt '
                               '(default: the starting model\'s own, if any; "" for none)'),
     "corpus": dict(action="store", nargs="+"),
-    "batch_size": dict(help="pairs per batch: each query's negatives (default 32; 64 with --mirror)"),
+    "batch_size": dict(help="pairs per batch: each query's negatives (default 32; 64 with --mirror); under "
+                            "torchrun the global batch, every rank's queries against all of its documents"),
+    "mini_batch_size": dict(help="GradCache, as sentence-transformers' CachedMultipleNegativesRankingLoss: embed the "
+                                 "batch N sequences at a time, the same gradient in bounded memory (e.g. "
+                                 "--batch-size 1024 --mini-batch-size 32)"),
 }
 
 
@@ -96,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--corpus is raw text for --mirror")
     if cfg.mirror and (cfg.query_prompt is not None or cfg.doc_prompt is not None):
         raise ValueError("--query-prompt / --doc-prompt are for (query, document) pairs; Mirror-BERT uses none")
-    common = {"model": cfg.model, "pooling": cfg.pooling, "training": cfg.training, "resume": args.resume,
-              "overwrite": args.overwrite}
+    common = {"model": cfg.model, "pooling": cfg.pooling, "mini_batch_size": cfg.mini_batch_size,
+              "training": cfg.training, "resume": args.resume, "overwrite": args.overwrite}
     if cfg.mirror:
         from bertkit.retrieval.mirror import corpus_sentences, mirror_bert, raw_sentences
 
@@ -122,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         result = train_embeddings(args.output, train, dev, scale=cfg.scale or 20.0, max_length=cfg.max_length,
                                   query_prompt=cfg.query_prompt, doc_prompt=cfg.doc_prompt,
                                   negatives=negatives, teacher=teacher, distill_weight=cfg.distill_weight, **common)
+    if not is_main_process():  # under torchrun: rank 0 evaluates and reports
+        return 0
     report = {"output": str(result.output_dir), "steps": result.state.step, "dev": result.dev}
     if test is not None:
         report["test"] = evaluate_retrieval(load(result.output_dir), test, batch_size=64)

@@ -3,10 +3,13 @@ re-ranked vs fused (logit + w x cosine, w chosen on dev) metrics of dev and, for
 
     bertkit train-reranker --dataset bbc-news -o runs/bbc-reranker --retriever runs/bbc-biencoder --precision bf16
     bertkit train-reranker --recipe bbc-news -o runs/bbc-reranker max_length=128
+    torchrun --nproc-per-node 2 -m bertkit.cli.main train-reranker --recipe bbc-news -o runs/bbc-reranker-ddp
 
 A recipe is a YAML file, or the name of one in recipes/reranker/, whose keys are ``RerankerConfig`` fields
 (below) and ``TrainConfig`` fields (flat, or under ``training:``). Settings, later wins: the defaults < the
 recipe < ``key=value`` overrides < flags given on the command line (one per field: ``--loss``, ``--lr``, ...).
+Under torchrun (DDP) ``--batch-size`` groups is the global batch, split over the ranks; rank 0 alone mines the
+hard negatives and writes the report.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bertkit.retrieval.reranker import (
     train_reranker,
 )
 from bertkit.retrieval.search import embed_side, retrieve_scored
+from bertkit.train.distributed import is_main_process
 from bertkit.train.trainer import TrainConfig
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.recipes import config_from_dict
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     result = train_reranker(args.output, train, dev, model=cfg.model, retriever=cfg.retriever, loss=cfg.loss,
                             negatives=cfg.negatives, mine_top=cfg.mine_top, max_length=cfg.max_length,
                             dev_top=cfg.dev_top, training=cfg.training, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():  # under torchrun: rank 0 evaluates and writes the report
+        return 0
     report: dict = {"output": str(result.output_dir), "steps": result.state.step, "stopped": result.state.stopped,
                     "best_step": result.state.best_step, "train_seconds": round(result.state.elapsed, 1)}
     if dev is not None:

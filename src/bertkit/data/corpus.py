@@ -404,9 +404,12 @@ def epoch_order(n_train: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_train)
 
 
-def shard_batches(order: np.ndarray, global_batch: int, rank: int, world: int) -> list[np.ndarray]:
+def shard_batches(order: np.ndarray, global_batch: int, rank: int, world: int,
+                  drop_last: bool = True) -> list[np.ndarray]:
     """This rank's indices for each step: global batch ``k`` is ``order[k * global_batch:(k + 1) * global_batch]``
-    and rank ``r`` takes its ``r``-th slice of ``global_batch // world``. The last incomplete batch is dropped."""
+    and rank ``r`` takes its ``r``-th slice of ``global_batch // world``. The last incomplete batch is dropped, or
+    with ``drop_last=False`` kept, split as evenly as the ranks allow (sizes differ by at most one), when it has at
+    least one example per rank (in one process: always, as a plain ``order[i:i + batch]`` loop would)."""
     if global_batch < 1 or world < 1 or global_batch % world:
         raise ConfigError(f"global batch {global_batch} does not split evenly over {world} ranks")
     if not 0 <= rank < world:
@@ -414,4 +417,8 @@ def shard_batches(order: np.ndarray, global_batch: int, rank: int, world: int) -
     order = np.asarray(order)
     n_steps, per_rank = len(order) // global_batch, global_batch // world
     steps = order[:n_steps * global_batch].reshape(n_steps, global_batch)
-    return list(steps[:, rank * per_rank:(rank + 1) * per_rank])
+    out = list(steps[:, rank * per_rank:(rank + 1) * per_rank])
+    tail = order[n_steps * global_batch:]
+    if not drop_last and len(tail) >= world:
+        out.append(np.array_split(tail, world)[rank])
+    return out

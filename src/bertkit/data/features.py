@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bertkit.data.batch import DeviceBatch, pack
+from bertkit.data.corpus import shard_batches
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.model.attention import Packing
@@ -105,9 +106,11 @@ def make_batch(features: Features, indices: Sequence[int] | np.ndarray) -> Packe
     return PackedBatch(ids, types, packing, labels, idx, packing.total_tokens, units)
 
 
-def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int) -> list[PackedBatch]:
+def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                     world: int = 1) -> list[PackedBatch]:
     """One epoch of training batches in a random order fixed by (seed, epoch), so a resumed run sees
-    exactly the batches an uninterrupted one would."""
+    exactly the batches an uninterrupted one would. Under torchrun ``batch_size`` is the global batch and
+    each rank gets its slice of every one (``shard_batches``; the last, smaller batch too)."""
     order = np.random.default_rng([seed, epoch]).permutation(len(features))
-    return [make_batch(features, order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    return [make_batch(features, idx) for idx in shard_batches(order, batch_size, rank, world, drop_last=False)]
 

@@ -220,7 +220,9 @@ class Layer(nn.Module):
         rope, bias = self.positions(tables)
         qkv = self.Wqkv(self.attn_norm(h) if self.prenorm else h)  # (..., 3 * heads * head_dim)
         ctx = attend(qkv, self.num_heads, p, rope, bias, self.scale)
-        if exact or torch.is_grad_enabled() or torch.is_autocast_enabled(h.device.type):
+        # (a training-mode forward without grad, e.g. GradCache's first pass, still draws the hidden dropout)
+        if exact or torch.is_grad_enabled() or torch.is_autocast_enabled(h.device.type) or \
+                (self.training and self.dropout.p > 0):
             if self.prenorm:
                 h = h + self.dropout(self.attn_out(ctx))
                 return h + self.dropout(self.mlp_out(self.ffn_hidden(self.mlp_norm(h), self.act)))

@@ -21,6 +21,16 @@ The saved directory is an HF BertModel plus the sentence-transformers files (``m
 ``sentence_bert_config.json``, ``1_Pooling/config.json``, Dense modules, a Normalize module, and the
 prompts in ``config_sentence_transformers.json``), written by ``Encoder.save_pretrained``, so both
 ``bertkit.load`` and ``sentence_transformers.SentenceTransformer`` load it and embed as it was trained.
+
+Under ``torchrun`` (DDP) ``batch_size`` is the global contrastive batch: each rank embeds its slice, and its
+queries are scored against the documents of every rank (``gather_rows``, sentence-transformers'
+``gather_across_devices``), so N ranks x B pairs train exactly as one process with N x B pairs.
+
+GradCache (``mini_batch_size``; Gao et al. 2021, sentence-transformers' ``CachedMultipleNegativesRankingLoss``):
+the batch is embedded in mini-batches without a graph, the loss and its gradient with respect to the embeddings
+are computed on the whole batch, then each mini-batch is embedded again with a graph (same dropout masks) and
+backpropagated with its cached gradient: the gradient of the whole batch in the memory of one mini-batch. It
+combines with torchrun (the cached embeddings are gathered over the ranks as above).
 """
 
 from __future__ import annotations
@@ -29,19 +39,25 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+from torch.nn.parallel import DistributedDataParallel
 
 from bertkit.data.batch import DeviceBatch, pack
+from bertkit.data.corpus import shard_batches
 from bertkit.data.tokenizer import WordPieceTokenizer
 from bertkit.encoder import Encoder, default_max_length
+from bertkit.errors import ConfigError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.attention import Packing
 from bertkit.model.bert import BertModel
@@ -49,6 +65,7 @@ from bertkit.model.directory import load_encoder
 from bertkit.model.sentence import SentenceConfig
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.search import evaluate_retrieval
+from bertkit.train.distributed import DistInfo, init_distributed, rank_share
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.train.trainer import TrainConfig, Trainer, TrainState
 
@@ -79,16 +96,16 @@ class PairBatch(DeviceBatch):
 
 def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[int], batch_size: int, seed: int,
                  epoch: int, negatives: list[list[list[int]]] | None = None, neg_keys: list[list[int]] | None = None,
-                 teacher: np.ndarray | None = None) -> list[PairBatch]:
+                 teacher: np.ndarray | None = None, rank: int = 0, world: int = 1) -> list[PairBatch]:
     """Shuffled by (seed, epoch) into batches of ``batch_size`` pairs; a last batch of one pair without hard
     negatives is dropped (it would have no negative). ``negatives[i]``: pair i's h hard negatives (token
-    lists), ``neg_keys[i]`` their identities; ``teacher`` (n_pairs, 1 + h) the cross-encoder's group scores."""
+    lists), ``neg_keys[i]`` their identities; ``teacher`` (n_pairs, 1 + h) the cross-encoder's group scores.
+    Under torchrun ``batch_size`` is the global batch and rank ``rank`` of ``world`` gets its slice of each."""
     order = np.random.default_rng([seed, epoch]).permutation(len(q_ids))
+    if not negatives:  # a batch of one pair has no negative
+        order = order[:len(order) - (len(order) % batch_size == 1)] if batch_size > 1 else order[:0]
     out = []
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        if len(idx) < 2 and not (negatives and negatives[idx[0]]):
-            continue
+    for idx in shard_batches(order, batch_size, rank, world, drop_last=False):
         qs = [q_ids[i] for i in idx]
         ds = [d_ids[i] for i in idx] + ([x for i in idx for x in negatives[i]] if negatives else [])
         keys = [d_keys[i] for i in idx] + ([k for i in idx for k in neg_keys[i]] if neg_keys else [])
@@ -99,20 +116,43 @@ def pair_batches(q_ids: list[list[int]], d_ids: list[list[int]], d_keys: list[in
     return out
 
 
+@dataclass
+class Chunk:
+    """One GradCache mini-batch of one side (queries or documents): ids (total_tokens,) with their Packing."""
+
+    ids: Tensor
+    packing: Packing
+    prompt_length: int
+
+
+def mini_batches(ids: Tensor, packing: Packing, size: int) -> list[tuple[Tensor, Packing]]:
+    """A packed batch, ids (total_tokens,) -> consecutive packed batches of at most ``size`` sequences each."""
+    out, start = [], 0
+    for i in range(0, packing.batch_size, size):
+        lengths = packing.lengths[i:i + size]
+        out.append((ids[start:start + sum(lengths)], Packing.from_lengths(lengths, device=ids.device)))
+        start += sum(lengths)
+    return out
+
+
 class BiEncoder(nn.Module):
     """The encoder and its sentence head (``sentence``: pooling, Dense modules, registered here so they train).
 
     prompt_lengths: (query, document) tokens pooling leaves out (the prompts, with include_prompt=False).
+    mini_batch_size: GradCache's mini-batch (sequences embedded at once, see ``cached_loss``); None: the plain loss.
     """
 
     def __init__(self, encoder: BertModel, sentence: SentenceConfig | None = None, scale: float = 20.0,
                  distill_weight: float = 0.0, temperature: float = 1.0,
-                 prompt_lengths: tuple[int, int] = (0, 0)) -> None:
+                 prompt_lengths: tuple[int, int] = (0, 0), mini_batch_size: int | None = None) -> None:
         super().__init__()
+        if mini_batch_size is not None and mini_batch_size < 1:
+            raise ConfigError(f"mini_batch_size (GradCache) must be >= 1, got {mini_batch_size}")
         self.encoder, self.scale = encoder, scale
         self.sentence = sentence or SentenceConfig.defaults(encoder.config.hidden_size)
         self.dense = nn.ModuleList(self.sentence.dense)  # the same modules the saved model writes
         self.distill_weight, self.temperature, self.prompt_lengths = distill_weight, temperature, prompt_lengths
+        self.mini_batch_size = mini_batch_size
         if encoder.pooler is not None:  # sentence embeddings never use it; DDP must not wait for its gradient
             encoder.pooler.requires_grad_(False)
 
@@ -125,25 +165,135 @@ class BiEncoder(nn.Module):
         h = self.encoder.forward_packed(ids, packing)
         return F.normalize(self.sentence.embed(h, packing, prompt_length, normalize=False).float(), dim=-1)
 
-    def forward(self, b: PairBatch) -> Tensor:
+    def forward(self, b: PairBatch | Chunk) -> Tensor:
+        """The loss of a batch; for a GradCache ``Chunk``, its embeddings (n, dim) (re-embedded through here so
+        that DDP's forward sees them)."""
+        if isinstance(b, Chunk):
+            return self.embed(b.ids, b.packing, b.prompt_length)
         q, d = self.embed(b.q_ids, b.q_packing, self.prompt_lengths[0]), \
             self.embed(b.d_ids, b.d_packing, self.prompt_lengths[1])
-        loss = in_batch_loss(q, d, b.d_keys, self.scale)
+        return self.loss_from_embeddings(q, d, b)
+
+    def loss_from_embeddings(self, q: Tensor, d: Tensor, b: PairBatch) -> Tensor:
+        """This rank's queries q (n, dim) against the documents d (m, dim) of every rank (gathered under torchrun),
+        plus the distillation term over each query's own group."""
+        d_all, offset = gather_rows(d)
+        keys, _ = gather_rows(b.d_keys)
+        loss = in_batch_loss(q, d_all, keys, self.scale, offset)
         if b.teacher is not None and self.distill_weight > 0:
             loss = loss + self.distill_weight * distill_loss(self.scale * group_scores(q, d), b.teacher,
                                                              self.temperature)
         return loss
 
 
-def in_batch_loss(q: Tensor, d: Tensor, d_keys: Tensor, scale: float) -> Tensor:
-    """q (n, dim), d (m >= n, dim) unit rows, the first n being the positives; d_keys (m,) -> mean
-    cross-entropy of each query against all m documents."""
+def in_batch_loss(q: Tensor, d: Tensor, d_keys: Tensor, scale: float, offset: int = 0) -> Tensor:
+    """q (n, dim), d (m >= n, dim) unit rows, query i's positive being d[offset + i]; d_keys (m,) -> mean
+    cross-entropy of each query against all m documents. ``offset``: where this rank's documents start among
+    every rank's (``gather_rows``); 0 in one process, where the positives are the first n."""
     n = len(q)
+    pos = torch.arange(offset, offset + n, device=q.device)
     scores = scale * (q @ d.T)  # (n, m)
-    same = d_keys[None, :] == d_keys[:n, None]  # (n, m): copies of query i's positive
-    same[torch.arange(n), torch.arange(n)] = False
+    same = d_keys[None, :] == d_keys[pos, None]  # (n, m): copies of query i's positive
+    same[torch.arange(n, device=q.device), pos] = False
     scores = scores.masked_fill(same, float("-inf"))  # a copy of my positive is not my negative
-    return F.cross_entropy(scores, torch.arange(n, device=q.device))
+    return F.cross_entropy(scores, pos)
+
+
+def gather_rows(x: Tensor) -> tuple[Tensor, int]:
+    """x (n, ...) of this rank -> (every rank's rows in rank order (sum of n, ...), where this rank's rows start).
+
+    In one process: x itself and 0. Under torchrun the gather is differentiable (torch.distributed.nn's
+    all_gather): its backward sums over the ranks the gradients that reach each rank's rows, so a document's
+    gradient holds what every rank's queries sent it. Each rank's loss is its own queries' mean and the engine
+    weights it by (its queries x ranks / all queries) before DDP averages, which makes the step's gradient the
+    one of one process with the whole global batch (checked to 1e-5 by tests/train/test_ddp_trainers.py). Ranks
+    may hold different n (the last batch of an epoch): rows are padded to the largest n for the collective.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return x, 0
+    size = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(sizes, size)
+    n = [int(k) for k in sizes]
+    padded = torch.cat([x, x.new_zeros((max(n) - len(x), *x.shape[1:]))])
+    parts = all_gather_with_grad(padded)
+    return torch.cat([part[:k] for part, k in zip(parts, n, strict=True)]), sum(n[:tdist.get_rank()])
+
+
+class RandState:
+    """The RNG state at one moment (CPU, and the device's on CUDA), to replay a forward's dropout masks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run the block from this state; the RNG continues afterwards from where it was before the block."""
+        with torch.random.fork_rng(devices=[self.device] if self.cuda is not None else []):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
+
+
+def cached_loss(model: nn.Module, b: PairBatch) -> Tensor:
+    """GradCache (Gao et al. 2021; sentence-transformers' CachedMultipleNegativesRankingLoss): the loss of a
+    contrastive batch of any size in the activation memory of ``mini_batch_size`` sequences.
+
+    1. every mini-batch of queries, then of documents, is embedded without a graph, its RNG state kept;
+    2. the loss on the whole batch's embeddings q (n, dim), d (m, dim) (gathered over the ranks under torchrun)
+       and its gradient with respect to them, which is cached;
+    3. the loss comes back as a leaf whose backward embeds each mini-batch again, with a graph and its RNG state
+       replayed (dropout draws the same masks), and backpropagates the cached gradient through it.
+
+    ``model`` is the BiEncoder or DDP around it. Under DDP the mini-batches of step 3 go through DDP's forward, all
+    but the last under ``no_sync``: their gradients add up locally and the last backward all-reduces the sum.
+
+    Weights: the cached gradient is that of the loss summed over this rank's queries (n x the mean), and step 3
+    scales it by the engine's weight / n. Under torchrun the documents then receive, from every rank, the gradient
+    that rank's summed loss sends them, times the one factor (ranks / global queries) the engine's weights share:
+    the plain path's gradient, whatever each rank's n.
+    """
+    bi = model.module if isinstance(model, DistributedDataParallel) else model
+    size, device = bi.mini_batch_size, b.q_ids.device
+    chunks = [Chunk(ids, packing, bi.prompt_lengths[0]) for ids, packing in mini_batches(b.q_ids, b.q_packing, size)]
+    n_q = len(chunks)
+    chunks += [Chunk(ids, packing, bi.prompt_lengths[1]) for ids, packing in mini_batches(b.d_ids, b.d_packing, size)]
+    states, reps = [], []
+    with torch.no_grad():
+        for c in chunks:
+            states.append(RandState(device))
+            reps.append(bi(c))
+    q = torch.cat(reps[:n_q]).requires_grad_()
+    d = torch.cat(reps[n_q:]).requires_grad_()
+    n = len(q)
+    loss = bi.loss_from_embeddings(q, d, b)
+    (loss * n).backward()
+    cached = [*q.grad.split([c.packing.batch_size for c in chunks[:n_q]]),
+              *d.grad.split([c.packing.batch_size for c in chunks[n_q:]])]
+    # the engine's autocast covers this call, not the backward that replays the mini-batches
+    amp, amp_dtype = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+
+    def replay(weight: Tensor) -> None:
+        with torch.enable_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            for i, (c, state, grad) in enumerate(zip(chunks, states, cached, strict=True)):
+                last = i == len(chunks) - 1
+                sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
+                with sync, state.replay():
+                    (model(c) * (grad * (weight / n))).sum().backward()
+
+    out = loss.detach().requires_grad_()
+    out.register_hook(replay)
+    return out
+
+
+def pair_loss(model: nn.Module, b: PairBatch) -> Tensor:
+    """The engine's loss_fn: the plain loss through ``model`` (a BiEncoder or DDP around one), or GradCache's
+    (``cached_loss``) when the BiEncoder has a ``mini_batch_size``."""
+    bi = model.module if isinstance(model, DistributedDataParallel) else model
+    return cached_loss(model, b) if bi.mini_batch_size else model(b)
 
 
 def group_scores(q: Tensor, d: Tensor) -> Tensor:
@@ -198,22 +348,29 @@ def prompt_lengths(enc: Encoder) -> tuple[int, int]:
 
 
 def fit_biencoder(out: Path, bi: BiEncoder, enc: Encoder, tcfg: TrainConfig, batches: Callable[[int], list[PairBatch]],
-                  dev: RetrievalData | None, fingerprint: dict[str, Any], resume: bool) -> EmbeddingTrainResult:
-    """Train with the engine, keeping the best by dev NDCG@10 (or the last, without dev data)."""
+                  dev: RetrievalData | None, fingerprint: dict[str, Any], resume: bool,
+                  dist: DistInfo | None = None) -> EmbeddingTrainResult:
+    """Train with the engine, keeping the best by dev NDCG@10 (or the last, without dev data). ``tcfg.batch_size``
+    is the global batch; ``batches`` gives this rank's slice of each (``dist``: from ``init_distributed``)."""
+    dist = dist or init_distributed(tcfg.device)
 
     def evaluate(_m: nn.Module) -> dict[str, float]:
         return evaluate_retrieval(enc, dev, batch_size=64)
 
     enc.sentence = bi.sentence  # dev evaluation and the saved model embed exactly as trained
-    trainer = Trainer(bi, tcfg, batches=batches, loss_fn=lambda m, b: m(b), output_dir=out,
+    rank_tcfg = dataclasses.replace(tcfg, batch_size=rank_share(tcfg.batch_size, dist.world_size),
+                                    device=str(dist.device))
+    trainer = Trainer(bi, rank_tcfg, batches=batches, loss_fn=pair_loss, output_dir=out,
                       evaluate=evaluate if dev is not None else None,
                       on_best=lambda _m, _x: enc.save_pretrained(out),
                       fingerprint={**fingerprint, "pooling": "+".join(bi.pooling), "scale": bi.scale,
-                                   "prompts": [enc.sentence.prompts["query"], enc.sentence.prompts["document"]]})
+                                   "prompts": [enc.sentence.prompts["query"], enc.sentence.prompts["document"]],
+                                   "world_size": dist.world_size})
     t0 = time.perf_counter()
     state = trainer.fit(resume=resume)
-    if dev is None:
+    if dev is None and dist.is_main:
         enc.save_pretrained(out)
+    dist.barrier()
     best = state.history[[h["step"] for h in state.history].index(state.best_step)] if state.best_step else None
     log.info("embeddings trained in %.0f s; best dev %s", time.perf_counter() - t0, best)
     return EmbeddingTrainResult(out, state, best)
@@ -228,7 +385,7 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
                      max_length: int | None = None, query_prompt: str | None = None, doc_prompt: str | None = None,
                      negatives: dict[str, list[str]] | None = None,
                      teacher: PairScorer | None = None, distill_weight: float = 1.0, temperature: float = 1.0,
-                     training: TrainConfig | None = None, resume: bool = False,
+                     mini_batch_size: int | None = None, training: TrainConfig | None = None, resume: bool = False,
                      overwrite: bool = False) -> EmbeddingTrainResult:
     """Fine-tune a bi-encoder on ``train``'s (query, relevant document) pairs; keep the best by dev NDCG@10.
 
@@ -238,9 +395,16 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
     ``negatives``: query id -> hard negative document ids (the same number for every query, e.g. from
     ``mine_hard_negatives``). ``teacher``: a cross-encoder whose scores of each (positive, negatives)
     group the bi-encoder is distilled towards, with weight ``distill_weight``; it needs ``negatives``.
+
+    ``mini_batch_size``: GradCache (sentence-transformers' CachedMultipleNegativesRankingLoss): embed
+    ``training.batch_size`` pairs in mini-batches of this many sequences, the same gradient in bounded memory.
+    Under torchrun ``training.batch_size`` is the global batch; every rank scores its queries against all of it.
     """
     tcfg = training or TrainConfig(epochs=1, batch_size=32, lr=2e-5, warmup_ratio=0.1)
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
+    tcfg.validate()
+    dist = init_distributed(tcfg.device)
+    rank_share(tcfg.batch_size, dist.world_size)  # an uneven global batch fails before any work
     out = Path(output_dir)
     pairs = [(q, d) for q, rel in train.qrels.items() for d, r in rel.items() if r > 0]
     if len(pairs) < 2:
@@ -251,7 +415,9 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
     negs = None
     if negatives:
         pairs, negs = _check_negatives(negatives, pairs, train)
-    prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+    if dist.is_main:
+        prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+    dist.barrier()
     base, enc = load_base(model, max_length, pooling, query_prompt, doc_prompt)
     qp, dp = enc.sentence.prompts["query"], enc.sentence.prompts["document"]
     doc_index = {d: i for i, d in enumerate(sorted(train.docs))}
@@ -272,17 +438,20 @@ def train_embeddings(output_dir: str | os.PathLike[str], train: RetrievalData, d
         scores = np.asarray(scores, dtype=np.float32).reshape(len(groups), -1)  # (pairs, 1 + h)
         log.info("teacher scored %d groups of %d in %.0f s", len(pairs), scores.shape[1], time.perf_counter() - t0)
     bi = BiEncoder(base, enc.sentence, scale, distill_weight if teacher is not None else 0.0, temperature,
-                   prompt_lengths(enc))
-    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s), pooling %s%s, "
+                   prompt_lengths(enc), mini_batch_size)
+    log.info("training embeddings from %s on %s: %d pairs, batch %d (in-batch negatives%s%s%s), pooling %s%s, "
              "prompts %r / %r, scale %g", enc.name, train.source, len(pairs), tcfg.batch_size,
              f" + {len(negs[0])} hard negatives each" if negs else "",
+             f" across {dist.world_size} ranks" if dist.world_size > 1 else "",
              f", distilled from a cross-encoder, weight {distill_weight}" if teacher is not None else "",
              "+".join(bi.pooling), f" + {len(bi.dense)} Dense" if len(bi.dense) else "", qp, dp, scale)
+    if mini_batch_size:
+        log.info("GradCache: embedding in mini-batches of %d sequences", mini_batch_size)
     return fit_biencoder(
         out, bi, enc, tcfg, lambda e: pair_batches(q_tok, d_tok, keys, tcfg.batch_size, tcfg.seed, e, n_tok, n_keys,
-                                                   scores),
+                                                   scores, dist.rank, dist.world_size),
         dev, {"model": enc.name, "pairs": len(pairs), "negatives": len(negs[0]) if negs else 0,
-              "teacher": teacher is not None}, resume)
+              "teacher": teacher is not None}, resume, dist)
 
 
 def _check_negatives(negatives: dict[str, list[str]], pairs: list[tuple[str, str]],

@@ -4,6 +4,10 @@ A build or an append holds ``index_lock(directory)`` (an OS lock, ``flock``, on 
 reading the old index to saving the new one. Without it two appends both read the old index and the last save
 silently drops the other's documents; with it the second waits for the first and then reads what the first saved.
 The OS releases the lock when its process ends, even on SIGKILL.
+
+The lock is re-entrant in the thread that holds it: ``VectorIndex.save`` takes it for every save, also inside a
+caller's ``index_lock`` / ``VectorIndex.edit`` block. Another thread of the same process waits like another
+process would (each acquisition opens its own descriptor, and flock locks of two descriptors exclude each other).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +24,8 @@ from pathlib import Path
 from bertkit.errors import BertkitError
 
 log = logging.getLogger("bertkit")
+
+_held = threading.local()  # .depth: {real path of a directory this thread holds: how many times}
 
 
 class IndexLocked(BertkitError):
@@ -37,6 +44,15 @@ def index_lock(directory: str | os.PathLike[str], timeout_s: float | None = 600.
     the directory at that path, and locks the path anew.
     """
     d = Path(directory)
+    key = os.path.realpath(d)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    if depth.get(key):  # this thread holds it already (a save inside an edit): no second flock, which would wait
+        depth[key] += 1
+        try:
+            yield d
+        finally:
+            depth[key] -= 1
+        return
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     waited = False
     while True:
@@ -65,7 +81,9 @@ def index_lock(directory: str | os.PathLike[str], timeout_s: float | None = 600.
             os.close(fd)  # the directory we locked was removed (or replaced) meanwhile: lock the path again
             continue
         break
+    depth[key] = 1
     try:
         yield d
     finally:
+        depth.pop(key, None)
         os.close(fd)  # closing the descriptor releases the lock

@@ -32,11 +32,13 @@ from bertkit.retrieval.biencoder import (
     EmbeddingTrainResult,
     PairBatch,
     fit_biencoder,
+    gather_rows,
     in_batch_loss,
     load_base,
     pair_batches,
 )
 from bertkit.retrieval.data import RetrievalData
+from bertkit.train.distributed import init_distributed, rank_share
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.train.trainer import TrainConfig
 
@@ -83,11 +85,16 @@ def mirror_views(ids: list[list[int]], span: int, mask_id: int, seed: int, epoch
 
 
 class MirrorBiEncoder(BiEncoder):
-    """The bi-encoder with a symmetric loss: each view finds its mirror among the other view's rows."""
+    """The bi-encoder with a symmetric loss: each view finds its mirror among the other view's rows (every rank's,
+    under torchrun)."""
 
-    def forward(self, b: PairBatch) -> Tensor:
-        a, m = self.embed(b.q_ids, b.q_packing), self.embed(b.d_ids, b.d_packing)
-        return (in_batch_loss(a, m, b.d_keys, self.scale) + in_batch_loss(m, a, b.d_keys, self.scale)) / 2
+    def loss_from_embeddings(self, a: Tensor, m: Tensor, b: PairBatch) -> Tensor:
+        """a, m (n, dim): the two views of this rank's sentences."""
+        a_all, offset = gather_rows(a)
+        m_all, _ = gather_rows(m)
+        keys, _ = gather_rows(b.d_keys)
+        return (in_batch_loss(a, m_all, keys, self.scale, offset) + in_batch_loss(m, a_all, keys, self.scale,
+                                                                                   offset)) / 2
 
 
 def set_dropout(model: BertModel, p: float) -> None:
@@ -102,26 +109,33 @@ def set_dropout(model: BertModel, p: float) -> None:
 
 def mirror_bert(output_dir: str | os.PathLike[str], texts: list[str], dev: RetrievalData | None = None, *,
                 model: str = DEFAULT_MODEL, pooling: str | None = None, scale: float = 25.0, span: int = 2,
-                dropout: float | None = 0.1, max_length: int = 64, training: TrainConfig | None = None,
-                resume: bool = False, overwrite: bool = False) -> EmbeddingTrainResult:
+                dropout: float | None = 0.1, max_length: int = 64, mini_batch_size: int | None = None,
+                training: TrainConfig | None = None, resume: bool = False,
+                overwrite: bool = False) -> EmbeddingTrainResult:
     """Self-supervised sentence-embedding tuning on raw ``texts``; keep the best by dev NDCG@10 when given.
 
     ``dropout``: the rate used while training (None: the checkpoint's own; Mirror-BERT needs some, and
-    MosaicBERT-style recipes train with none).
+    MosaicBERT-style recipes train with none). ``mini_batch_size``: GradCache, as in ``train_embeddings``.
+    Under torchrun ``training.batch_size`` is the global batch (each view against every rank's other view).
     """
     texts = list(dict.fromkeys(t for t in texts if t.strip()))
     if len(texts) < 2:
         raise ValueError(f"Mirror-BERT needs at least 2 distinct non-empty texts, got {len(texts)}")
     tcfg = training or TrainConfig(epochs=1, batch_size=64, lr=2e-5, warmup_ratio=0.1)
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
+    tcfg.validate()
+    dist = init_distributed(tcfg.device)
+    rank_share(tcfg.batch_size, dist.world_size)  # an uneven global batch fails before any work
     out = Path(output_dir)
-    prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+    if dist.is_main:
+        prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+    dist.barrier()
     base, enc = load_base(model, None, pooling)
     ids = enc.tokenizer.encode(texts, max_length=min(max_length, enc.max_length)).ids
     mask_id = enc.tokenizer.require_mask_id("Mirror-BERT's span masking")
     if dropout is not None:
         set_dropout(base, dropout)
-    bi = MirrorBiEncoder(base, enc.sentence, scale)
+    bi = MirrorBiEncoder(base, enc.sentence, scale, mini_batch_size=mini_batch_size)
     keys = list(range(len(ids)))
     log.info("Mirror-BERT from %s: %d sentences (max %d tokens), batch %d, span %d [MASK], dropout %s, scale %g",
              enc.name, len(ids), max_length, tcfg.batch_size, span,
@@ -129,8 +143,8 @@ def mirror_bert(output_dir: str | os.PathLike[str], texts: list[str], dev: Retri
 
     def batches(epoch: int) -> list[PairBatch]:
         a, m = mirror_views(ids, span, mask_id, tcfg.seed, epoch)
-        return pair_batches(a, m, keys, tcfg.batch_size, tcfg.seed, epoch)
+        return pair_batches(a, m, keys, tcfg.batch_size, tcfg.seed, epoch, rank=dist.rank, world=dist.world_size)
 
     return fit_biencoder(out, bi, enc, tcfg, batches, dev,
                          {"model": enc.name, "mirror": len(ids), "span": span, "dropout": dropout,
-                          "max_length": max_length}, resume)
+                          "max_length": max_length}, resume, dist)

@@ -19,6 +19,10 @@ keeps the order).
 Fusion: ``logit + w * cosine`` (the first stage's score) often beats either alone, the two models erring on
 different queries; ``evaluate_reranking`` reports it for given weights, and ``bertkit train-reranker`` picks
 w on dev from ``FUSION_WEIGHTS``.
+
+Under ``torchrun`` ``train_reranker`` runs with DDP: ``batch_size`` groups is the global batch, each rank trains on
+its slice of every batch; rank 0 mines the hard negatives (cached in the output directory, which the other ranks
+then read) and writes every file.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bertkit.data.batch import DeviceBatch, pack
+from bertkit.data.corpus import shard_batches
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import Encoder, pick_device
 from bertkit.errors import CheckpointError
@@ -50,7 +55,8 @@ from bertkit.model.heads import SequenceClassifier, strip_task_keys
 from bertkit.retrieval.data import RetrievalData
 from bertkit.retrieval.metrics import evaluate_run
 from bertkit.retrieval.search import embed_side, mine_hard_negatives, retrieve, retrieve_scored
-from bertkit.train.finetune import prepare_output_dir
+from bertkit.train.distributed import init_distributed, rank_share
+from bertkit.train.finetune import pooler_unused, prepare_output_dir
 from bertkit.train.trainer import TrainConfig, Trainer, TrainState, pick_precision
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
@@ -99,8 +105,9 @@ class GroupBatch(DeviceBatch):
 
 
 def group_batches(ids: list[list[int]], type_ids: list[list[int]], group_size: int, batch_size: int, seed: int,
-                  epoch: int) -> list[GroupBatch]:
-    """Pairs stored group-major (group g is pairs g*size .. g*size+size-1) -> shuffled batches of groups.
+                  epoch: int, rank: int = 0, world: int = 1) -> list[GroupBatch]:
+    """Pairs stored group-major (group g is pairs g*size .. g*size+size-1) -> shuffled batches of groups; under
+    torchrun ``batch_size`` is the global batch and each rank gets its slice of every one (``shard_batches``).
 
     Inside a batch the pairs are sorted by length, so equal lengths (all the truncated ones) form runs that the
     unpadded attention computes as one batched matmul.
@@ -108,8 +115,8 @@ def group_batches(ids: list[list[int]], type_ids: list[list[int]], group_size: i
     n_groups = len(ids) // group_size
     order = np.random.default_rng([seed, epoch]).permutation(n_groups)
     out = []
-    for s in range(0, n_groups, batch_size):
-        pairs = np.array([g * group_size + j for g in order[s:s + batch_size] for j in range(group_size)])
+    for groups in shard_batches(order, batch_size, rank, world, drop_last=False):
+        pairs = np.array([g * group_size + j for g in groups for j in range(group_size)])
         lengths = np.array([len(ids[i]) for i in pairs])
         by_len = np.argsort(-lengths, kind="stable")
         unsort = np.empty_like(by_len)
@@ -356,19 +363,27 @@ def train_reranker(output_dir: str | os.PathLike[str], train: RetrievalData, dev
     tcfg = training or TrainConfig(epochs=2, batch_size=4, lr=1.5e-4, warmup_ratio=0.1)
     tcfg = dataclasses.replace(tcfg, metric=tcfg.metric or "ndcg@10")
     tcfg.validate()
+    dist = init_distributed(tcfg.device)
+    per_rank = rank_share(tcfg.batch_size, dist.world_size)  # an uneven global batch fails before any work
     if max_length < 8:
         raise ValueError(f"max_length must be >= 8, got {max_length}")
     if len(train.docs) < negatives + 1:
         raise ValueError(f"{train.source}: {len(train.docs)} documents; {negatives} negatives need at least "
                          f"{negatives + 1}")
     out = Path(output_dir)
-    prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", CONFIG_FILE, NEGATIVES_FILE,
-                                                "metrics.jsonl", "training_curve.png"))
+    if dist.is_main:
+        prepare_output_dir(out, resume, overwrite, ("config.json", "model.safetensors", CONFIG_FILE, NEGATIVES_FILE,
+                                                    "metrics.jsonl", "training_curve.png"))
     model_dir, retriever_dir = inspect_model_dir(model).path, str(inspect_model_dir(retriever).path)
     key = {"retriever": retriever_dir, "negatives": negatives, "mine_top": mine_top, "seed": tcfg.seed,
            "train": sorted(train.qrels), "dev": sorted(dev.qrels) if dev is not None else None, "dev_top": dev_top}
-    negs, dev_run, doc_vecs = _mine_or_reuse(out, resume, key, retriever_dir, train, dev, negatives, mine_top,
-                                             tcfg.seed, max(100, dev_top))
+    if dist.is_main:  # rank 0 mines and caches; the others read its file (doc_vecs stays None there)
+        negs, dev_run, doc_vecs = _mine_or_reuse(out, resume, key, retriever_dir, train, dev, negatives, mine_top,
+                                                 tcfg.seed, max(100, dev_top))
+    dist.barrier()
+    if not dist.is_main:
+        negs, dev_run, doc_vecs = _mine_or_reuse(out, True, key, retriever_dir, train, dev, negatives, mine_top,
+                                                 tcfg.seed, max(100, dev_top))
 
     # One group per (query, relevant document), positive first; queries short of negatives are left out.
     groups = [(q, [d] + negs[q]) for q in sorted(train.qrels) for d, r in train.qrels[q].items()
@@ -404,17 +419,20 @@ def train_reranker(output_dir: str | os.PathLike[str], train: RetrievalData, dev
         assert dev_run is not None
         log.info("dev first stage (%s): %s", Path(retriever_dir).name,
                  ", ".join(f"{k}={v:.4f}" for k, v in evaluate_run(dev_run, dev.qrels).items() if k != "queries"))
-    trainer = Trainer(head, tcfg, batches=lambda e: group_batches(pairs.ids, pairs.type_ids, g, tcfg.batch_size,
-                                                                  tcfg.seed, e),
+    trainer = Trainer(head, dataclasses.replace(tcfg, batch_size=per_rank, device=str(dist.device)),
+                      batches=lambda e: group_batches(pairs.ids, pairs.type_ids, g, tcfg.batch_size, tcfg.seed, e,
+                                                      dist.rank, dist.world_size),
                       loss_fn=lambda m, b: batch_loss(m, b, loss), output_dir=out,
                       evaluate=evaluate if dev is not None else None,
                       on_best=lambda _m, _x: reranker.save_pretrained(out, **meta),
                       fingerprint={**meta, "groups": len(groups), "max_length": reranker.max_length,
-                                   "dev_top": dev_top})
+                                   "dev_top": dev_top, "world_size": dist.world_size},
+                      find_unused_parameters=pooler_unused(head))
     t0 = time.perf_counter()
     state = trainer.fit(resume=resume)
-    if dev is None:
+    if dev is None and dist.is_main:
         reranker.save_pretrained(out, **meta)  # no dev set to pick a best model: keep the last one
+    dist.barrier()
     best = state.history[[h["step"] for h in state.history].index(state.best_step)] if state.best_step else None
     log.info("reranker trained in %.0f s; best dev %s", time.perf_counter() - t0, best)
     return RerankerTrainResult(out, state, best, doc_vecs)

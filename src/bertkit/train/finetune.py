@@ -9,6 +9,9 @@ The output directory holds everything a run produces:
 Stability options (Mosbach et al. 2021; Zhang et al. 2021 "Revisiting few-sample BERT fine-tuning"),
 all off by default: layer-wise LR decay, re-initialising the top k layers, freezing the embeddings
 and the bottom k layers.
+
+Under ``torchrun`` (DDP) ``batch_size`` stays the global batch, what one process would take: each rank trains on
+its slice of every batch, so N ranks give the model one process gives; rank 0 writes every file.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from torch import Tensor, nn
 from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import Tokenizer
-from bertkit.encoder import pick_device
 from bertkit.errors import BertkitError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.bert import BertModel
@@ -38,6 +40,7 @@ from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
 from bertkit.train.checkpoint import checkpoint_dir
+from bertkit.train.distributed import DistInfo, init_distributed, rank_share
 from bertkit.train.trainer import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.recipes import config_from_dict
@@ -159,35 +162,50 @@ def apply_stability_options(encoder: BertModel, cfg: FinetuneConfig) -> None:
                  cfg.freeze_layers)
 
 
+def pooler_unused(head: nn.Module) -> bool:
+    """Whether the head's encoder has a pooler the head never reads (token tasks; families whose sequence head has
+    its own dense): it gets no gradient, so DDP must be told to look for unused parameters."""
+    return head.encoder.pooler is not None and not head.spec.uses_pooler
+
+
 def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_feats: Features,
                     loss_fn: Callable[[nn.Module, Any], Tensor], out: Path, *, fingerprint: dict[str, Any],
                     callbacks: Sequence[Callable[[Trainer], None]] = (), resume: bool = False,
-                    device: str | torch.device | None = None, dev: TaskData | None = None,
+                    dist: DistInfo | None = None, dev: TaskData | None = None,
                     dev_feats: Features | None = None, test: TaskData | None = None,
-                    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+                    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                    find_unused_parameters: bool = False
                     ) -> tuple[TrainState, TaskModel, dict[str, float] | None, dict[str, float] | None, dict[str, Any]]:
     """Train ``model`` (``tm``'s head, or a module that trains it) on the engine, keep the best dev checkpoint as a
     task model in ``out`` (the last one without a dev set), load it back and score dev and test.
 
     Returns (state, best model, dev metrics, test metrics, the run summary ``results.json`` starts with).
     ``evaluate`` defaults to ``tm``'s metrics on ``dev_feats``. Fine-tuning and distillation both end here.
+    ``dist`` (from ``init_distributed``): under torchrun ``tcfg.batch_size`` is the global batch, each rank trains
+    on its slice of it; rank 0 saves the model, every rank loads it back and scores it alike.
     """
+    dist = dist or init_distributed(tcfg.device)
     if evaluate is None:
         def evaluate(_m: nn.Module) -> dict[str, float]:
             return tm.evaluate(dev_feats, gold=dev)
 
+    rank_tcfg = dataclasses.replace(tcfg, batch_size=rank_share(tcfg.batch_size, dist.world_size),
+                                    device=str(dist.device))
     trainer = Trainer(
-        model, tcfg,
-        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch),
+        model, rank_tcfg,
+        batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch, dist.rank,
+                                               dist.world_size),
         loss_fn=loss_fn, output_dir=out,
         evaluate=evaluate if dev_feats is not None else None,
         on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
-        fingerprint=fingerprint, callbacks=callbacks)
+        fingerprint={**fingerprint, "world_size": dist.world_size}, callbacks=callbacks,
+        find_unused_parameters=find_unused_parameters)
     t0 = time.perf_counter()
     state = trainer.fit(resume=resume)
-    if dev_feats is None:
+    if dev_feats is None and dist.is_main:
         tm.save_pretrained(out, tokenizer=False)  # no dev set to pick a best model: keep the last one
-    best = TaskModel.from_pretrained(out, device=device)
+    dist.barrier()  # the saved model is there for every rank to load
+    best = TaskModel.from_pretrained(out, device=dist.device)
     dev_metrics = best.evaluate(dev) if dev is not None and len(dev) else None
     test_metrics = best.evaluate(test) if test is not None and len(test) else None
     summary = {"stopped": state.stopped, "steps": state.step, "best_step": state.best_step,
@@ -210,6 +228,8 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])
     out = Path(output_dir)
+    dist = init_distributed(tcfg.device)
+    rank_share(tcfg.batch_size, dist.world_size)  # an uneven global batch fails before any work
     splits = load_splits(cfg)  # data errors come before any model is built or file is touched
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
     if len(train) == 0:
@@ -217,9 +237,11 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     for other in (dev, test):
         if other is not None and len(other):
             check_known_labels(train, other)
-    prepare_output_dir(out, resume, overwrite)
+    if dist.is_main:
+        prepare_output_dir(out, resume, overwrite)
+    dist.barrier()
 
-    device = pick_device(tcfg.device)
+    device = dist.device
     if device.type == "cpu":
         tune_allocator()
     torch.manual_seed(tcfg.seed)  # the head's initial weights
@@ -233,8 +255,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
                    min(cfg.max_length, encoder.config.max_tokens), out)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
-    atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2) + "\n")
-    tm.tokenizer.save(out)
+    if dist.is_main:
+        atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2)
+                          + "\n")
+        tm.tokenizer.save(out)
 
     fingerprint = {"task": cfg.task, "model": str(model_dir), "labels": labels, "train_examples": len(train),
                    "max_length": tm.max_length, "reinit_layers": cfg.reinit_layers,
@@ -245,9 +269,12 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
              tm.max_length)
     state, best, dev_metrics, test_metrics, summary = train_and_score(
         tm, head, tcfg, train_feats, tm.loss, out, fingerprint=fingerprint, callbacks=callbacks, resume=resume,
-        device=device, dev=dev, dev_feats=dev_feats, test=test)
+        dist=dist, dev=dev, dev_feats=dev_feats, test=test,
+        find_unused_parameters=pooler_unused(head))
     results = {"task": cfg.task, "dataset": cfg.dataset or cfg.train_file, **summary,
                "train_tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
-               "dev": dev_metrics, "test": test_metrics}
-    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+               "world_size": dist.world_size, "dev": dev_metrics, "test": test_metrics}
+    if dist.is_main:
+        atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    dist.barrier()
     return FinetuneResult(out, state, dev_metrics, test_metrics, best)

@@ -56,7 +56,7 @@ from bertkit.model.electra import GENERATOR_DIR, Electra
 from bertkit.model.families import FAMILIES, config_from_hf, describe_architecture, family_of, hf_config
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.mlm import MaskedLM
-from bertkit.train.distributed import DistInfo, init_distributed
+from bertkit.train.distributed import DistInfo, init_distributed, rank_share
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.train.trainer import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
@@ -355,11 +355,11 @@ def pretrain(output_dir: str | os.PathLike[str], config: PretrainConfig, *, resu
     out = Path(output_dir)
     dist = init_distributed(cfg.training.device)
     tcfg = cfg.training
-    per_rank, rem = divmod(cfg.global_batch_size, dist.world_size)
-    if rem or per_rank % min(tcfg.batch_size, per_rank):
+    per_rank = rank_share(cfg.global_batch_size, dist.world_size, "global_batch_size")
+    micro = min(tcfg.batch_size, per_rank)
+    if per_rank % micro:
         raise ConfigError(f"global_batch_size {cfg.global_batch_size} must split into {dist.world_size} rank(s) x "
                           f"whole micro-batches of training.batch_size {tcfg.batch_size}")
-    micro = min(tcfg.batch_size, per_rank)
     tcfg = dataclasses.replace(tcfg, batch_size=micro, grad_accum=per_rank // micro, device=str(dist.device),
                                metric=tcfg.metric or ("disc_accuracy" if cfg.objective == "electra"
                                                       else "mlm_accuracy"))

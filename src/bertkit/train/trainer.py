@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from bertkit.errors import CheckpointError
 from bertkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from bertkit.train.distributed import all_sum
 from bertkit.train.optim import SCHEDULES, build_optimizer, lr_factor
 from bertkit.train.plot import plot_training_curve, read_metrics
 from bertkit.utils.atomic import atomic_write_text
@@ -141,7 +142,9 @@ class Trainer:
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  on_best: Callable[[nn.Module, dict[str, float]], None] | None = None,
                  fingerprint: dict[str, Any] | None = None,
-                 callbacks: Sequence[Callable[[Trainer], None]] = ()) -> None:
+                 callbacks: Sequence[Callable[[Trainer], None]] = (), find_unused_parameters: bool = False) -> None:
+        """``find_unused_parameters``: some trainable parameters may get no gradient in a step (a student whose top
+        layers no distillation loss reaches); DDP then looks for them after each forward instead of waiting."""
         config.validate()
         self.config = config
         self.device = pick_device(config.device)
@@ -153,7 +156,8 @@ class Trainer:
         self.model = self.module  # what training forwards through
         if self.distributed:
             self.model = DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters)
         self.batches = batches
         self.loss_fn = loss_fn
         self.evaluate_fn = evaluate
@@ -334,11 +338,7 @@ class Trainer:
 
     def _all_sum(self, values: list[float]) -> list[float]:
         """Sum over ranks (identity in one process)."""
-        if not self.distributed:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return all_sum(values, self.device) if self.distributed else values
 
     def _raise_not_finite(self, loss: float) -> None:
         found = list_checkpoints(self.output_dir)

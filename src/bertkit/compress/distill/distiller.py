@@ -29,6 +29,7 @@ from bertkit.data.features import IGNORE
 from bertkit.errors import ConfigError
 from bertkit.model.bert import BertModel
 from bertkit.model.heads import TokenClassifier
+from bertkit.train.distributed import all_sum
 
 
 class Distiller(nn.Module):
@@ -168,7 +169,10 @@ class Distiller(nn.Module):
         return parts["loss"]
 
     def pop_train_losses(self) -> dict[str, float]:
-        """Mean of each part over the training batches since the last call: ``train_kl``, ``train_ce`` ..."""
-        out = {f"train_{k}": float(v) / self._count for k, v in self._sums.items()} if self._count else {}
+        """Mean of each part over the training batches since the last call: ``train_kl``, ``train_ce`` ...; under
+        torchrun over every rank's batches (each rank calls it at the same eval), so all ranks log the same."""
+        keys = sorted(self._sums)
+        count, *sums = all_sum([float(self._count), *(float(self._sums[k]) for k in keys)],
+                               next(self.parameters()).device)
         self._sums, self._count = {}, 0
-        return out
+        return {f"train_{k}": v / count for k, v in zip(keys, sums, strict=True)} if count else {}

@@ -2,11 +2,13 @@
 
 Task-agnostic (MiniLM's last-layer attention and value relations by default): a plain encoder directory comes out
 (``bertkit.load``, ``finetune --model``, ``DistillConfig.student_model``), trained on fixed-length rows of a corpus
-as pretraining reads it (the same token cache).
+as pretraining reads it (the same token cache). Under ``torchrun`` ``batch_size`` rows is the global batch, each rank
+distils its slice of every batch; rank 0 builds the token cache and writes every file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ from bertkit.compress.distill.config import (
 from bertkit.compress.distill.distiller import Distiller
 from bertkit.compress.distill.students import count_parameters, student_from_config, student_from_teacher
 from bertkit.data.batch import DeviceBatch
-from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order
+from bertkit.data.corpus import PackedSequences, build_token_cache, epoch_order, shard_batches
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.errors import ConfigError
 from bertkit.model.attention import Packing
@@ -35,11 +37,12 @@ from bertkit.model.directory import inspect_model_dir, load_encoder
 from bertkit.model.families import write_config
 from bertkit.model.heads import strip_task_keys
 from bertkit.model.weights import save_weights
+from bertkit.train.distributed import init_distributed, rank_share
 from bertkit.train.finetune import prepare_output_dir
 from bertkit.train.pretrain import default_cache_dir
 from bertkit.train.trainer import Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.runtime import pick_device, tune_allocator
+from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
 
@@ -79,7 +82,9 @@ def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillCo
     cfg.validate()
     tcfg = cfg.training
     out = Path(output_dir)
-    device = pick_device(tcfg.device)
+    dist = init_distributed(tcfg.device)
+    per_rank = rank_share(tcfg.batch_size, dist.world_size)  # an uneven global batch fails before any work
+    device = dist.device
     if device.type == "cpu":
         tune_allocator()
     info = inspect_model_dir(cfg.teacher)
@@ -100,19 +105,24 @@ def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillCo
     distiller = Distiller(student, [teacher], alpha_hidden=cfg.alpha_hidden, alpha_attn=cfg.alpha_attn,
                           alpha_value=cfg.alpha_value, layer_map=cfg.layer_map if cfg.layer_map is not None else copied,
                           attn_layers=cfg.attn_layers, relation_heads=cfg.relation_heads)
-    cache = build_token_cache(cfg.corpus, tok, Path(cfg.cache_dir) if cfg.cache_dir else
-                              default_cache_dir(cfg.corpus, tok))
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.corpus, tok)
+    if dist.is_main:  # rank 0 builds the cache (and the output directory); the others open the finished one
+        cache = build_token_cache(cfg.corpus, tok, cache_dir)
+        prepare_output_dir(out, resume, overwrite, GENERAL_OUTPUT_FILES)
+        atomic_write_text(out / GENERAL_CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
+        tok.save(out)
+    dist.barrier()
+    if not dist.is_main:
+        cache = build_token_cache(cfg.corpus, tok, cache_dir)
     seqs = PackedSequences(cache, cfg.max_length, tok.cls_id, tok.sep_id)
     train_rows, eval_rows = seqs.split(eval_sequences=cfg.eval_sequences, seed=tcfg.seed)
-    prepare_output_dir(out, resume, overwrite, GENERAL_OUTPUT_FILES)
-    atomic_write_text(out / GENERAL_CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
-    tok.save(out)
     eval_batches = [text_batch(seqs, eval_rows[i:i + tcfg.batch_size])
                     for i in range(0, len(eval_rows), tcfg.batch_size)]
 
     def batches(epoch: int) -> list[TextBatch]:
         order = train_rows[epoch_order(len(train_rows), tcfg.seed, epoch)]
-        return [text_batch(seqs, order[i:i + tcfg.batch_size]) for i in range(0, len(order), tcfg.batch_size)]
+        return [text_batch(seqs, rows) for rows in shard_batches(order, tcfg.batch_size, dist.rank, dist.world_size,
+                                                                 drop_last=False)]
 
     def evaluate(_m: nn.Module) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -128,18 +138,25 @@ def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillCo
 
     log.info("general distillation of %s into a %d-layer student: %d train / %d held-out rows of %d tokens",
              teacher_dir.name, len(student.layers), len(train_rows), len(eval_rows), cfg.max_length)
-    trainer = Trainer(distiller, tcfg, batches=batches, loss_fn=lambda m, b: m(b), output_dir=out,
+    # the attention and value losses read the last layer's queries, keys and values only: the student's parts
+    # after them (and any pooler) get no gradient, hence find_unused_parameters
+    trainer = Trainer(distiller, dataclasses.replace(tcfg, batch_size=per_rank, device=str(device)), batches=batches,
+                      loss_fn=lambda m, b: m(b), output_dir=out,
                       evaluate=evaluate if eval_batches else None, on_best=save,
                       fingerprint={"teacher": str(teacher_dir.resolve()), "corpus": cfg.corpus,
                                    "student": student.config.to_dict(), "layer_map": distiller.layer_map,
-                                   "max_length": cfg.max_length, "eval_sequences": cfg.eval_sequences})
+                                   "max_length": cfg.max_length, "eval_sequences": cfg.eval_sequences,
+                                   "world_size": dist.world_size},
+                      find_unused_parameters=True)
     state = trainer.fit(resume=resume)
-    if not eval_batches:
+    if not eval_batches and dist.is_main:
         save()
     best = state.history and min(state.history, key=lambda r: r["loss"])
     results = {"teacher": str(teacher_dir), "corpus": cfg.corpus, "stopped": state.stopped, "steps": state.step,
                "best_step": state.best_step, "train_seconds": round(state.elapsed, 1),
                "student_parameters": count_parameters(student), "teacher_parameters": count_parameters(teacher),
-               "eval": best or None}
-    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+               "world_size": dist.world_size, "eval": best or None}
+    if dist.is_main:
+        atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    dist.barrier()
     return GeneralDistillResult(out, state, best or None)

@@ -4,6 +4,8 @@ Teachers must do one task with one label set and one vocabulary (``check_teacher
 theirs. A task run writes a normal task model directory (``TaskModel.from_pretrained``, ``bertkit evaluate``,
 ``bertkit predict``) plus checkpoints, ``metrics.jsonl`` (eval records also carry ``train_<loss>``, the mean
 of each loss since the last eval), ``distill_config.json`` and ``results.json`` (student and teachers on test).
+Under ``torchrun`` it runs as fine-tuning does (``train_and_score``): ``batch_size`` is the global batch, each rank
+trains on its slice, rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bertkit.compress.distill.students import build_task_student, count_paramete
 from bertkit.data.tasks import TaskData, check_known_labels
 from bertkit.errors import BertkitError, ConfigError
 from bertkit.task_model import MAIN_METRIC, TaskModel
+from bertkit.train.distributed import init_distributed, rank_share
 from bertkit.train.finetune import (
     FinetuneConfig,
     FinetuneResult,
@@ -35,7 +38,7 @@ from bertkit.train.finetune import (
     train_and_score,
 )
 from bertkit.utils.atomic import atomic_write_text
-from bertkit.utils.runtime import pick_device, tune_allocator
+from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
 
@@ -84,7 +87,9 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
     cfg = config or DistillConfig.from_dict(settings)
     cfg.validate()
     out = Path(output_dir)
-    device = pick_device(cfg.training.device)
+    dist = init_distributed(cfg.training.device)
+    rank_share(cfg.training.batch_size, dist.world_size)  # an uneven global batch fails before any work
+    device = dist.device
     if device.type == "cpu":
         tune_allocator()
     # Everything that can be wrong is checked before the output directory is touched or a step is taken.
@@ -112,9 +117,11 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
     tm = TaskModel(student, primary.tokenizer, primary.task, primary.labels, min(cfg.max_length, limit), out)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
-    prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
-    tm.tokenizer.save(out)
+    if dist.is_main:
+        prepare_output_dir(out, resume, overwrite, OUTPUT_FILES)
+        atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
+        tm.tokenizer.save(out)
+    dist.barrier()
 
     fingerprint = {"teachers": [str(Path(d).resolve()) for d in cfg.teachers], "weights": distiller.weights,
                    "labels": primary.labels, "train_examples": len(train), "max_length": tm.max_length,
@@ -131,12 +138,16 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
 
     state, best, dev_metrics, test_metrics, summary = train_and_score(
         tm, distiller, tcfg, train_feats, lambda m, b: m(b), out, fingerprint=fingerprint, callbacks=callbacks,
-        resume=resume, device=device, dev=dev, dev_feats=dev_feats, test=test, evaluate=evaluate)
+        resume=resume, dist=dist, dev=dev, dev_feats=dev_feats, test=test, evaluate=evaluate,
+        find_unused_parameters=True)  # which student parts the losses reach depends on their weights
     teachers_test = [t.evaluate(test) if test is not None and len(test) else None for t in teachers]
     results = {"task": primary.task, "dataset": cfg.dataset or cfg.train_file, **summary,
                "student_parameters": count_parameters(best.head), "student_layers": len(best.head.encoder.layers),
                "dev": dev_metrics, "test": test_metrics,
                "teachers": [{"model": d, "parameters": count_parameters(t.head), "test": m}
-                            for d, t, m in zip(cfg.teachers, teachers, teachers_test, strict=True)]}
-    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+                            for d, t, m in zip(cfg.teachers, teachers, teachers_test, strict=True)],
+               "world_size": dist.world_size}
+    if dist.is_main:
+        atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    dist.barrier()
     return DistillResult(out, state, dev_metrics, test_metrics, best, teachers_test)
