@@ -390,8 +390,11 @@ class VectorIndex:
             self._files.pop(ann_role(kind), None)
         if self._ann.ntotal < len(store):  # faiss numbers what it is given 0..ntotal-1 in add order: our slots
             self._ann = index_kinds.writable(self._ann, self._ann_path)
-            for _, block in store.chunks(index_kinds.ADD_CHUNK, int(self._ann.ntotal)):
-                self._ann.add(np.ascontiguousarray(block))
+            if kind == "hnsw":  # in one call: a graph built in chunks is worse (index_kinds.py), and holds them all
+                self._ann.add(np.ascontiguousarray(store.span(int(self._ann.ntotal))))
+            else:  # IVF codes each vector alone: chunks read from disk keep the build's memory flat
+                for _, block in store.chunks(index_kinds.ADD_CHUNK, int(self._ann.ntotal)):
+                    self._ann.add(np.ascontiguousarray(block))
             self._files.pop(ann_role(kind), None)
 
     def set_kind(self, kind: str) -> None:
@@ -578,10 +581,11 @@ class VectorIndex:
                     log.info("rebuilding the HNSW graph over %d vectors without the %d deleted", len(store) -
                              store.n_dead, store.n_dead)
                     ann = index_kinds.new_hnsw(self.dim)
+                    ann.add(np.load(d / names["vectors"], mmap_mode="r"))  # in one call, as _sync_ann says
                 else:
                     ann = index_kinds.emptied(index_kinds.writable(self._ann, self._ann_path))
-                for block in npy_chunks(d / names["vectors"], index_kinds.ADD_CHUNK):
-                    ann.add(block)
+                    for block in npy_chunks(d / names["vectors"], index_kinds.ADD_CHUNK):
+                        ann.add(block)
                 self._pending_ann = ann
             index_kinds.write_ann(ann, path)
 

@@ -8,7 +8,9 @@ Deleted slots stay in the structure until a compaction rebuilds it; searches ski
 
 hnsw   ``IndexHNSWFlat``, inner product, M 16, ef_construction 128, ef_search 64: recall@10 0.98 on 100k
        clustered 384-d vectors (``benchmarks/index_bench.py``). It keeps its own float copy of every vector
-       in RAM (plus ~128 bytes of links each): the fast kind while the collection fits in memory.
+       in RAM (plus ~128 bytes of links each): the fast kind while the collection fits in memory. Its vectors
+       are added in one call: faiss builds a worse graph from chunks (300k of those vectors, ef_search 64:
+       recall@10 0.91 added at once, 0.88 in chunks of 131,072, 0.86 in chunks of 16,384).
 
 ivfpq  ``IndexIVFPQ``, inner product on unit vectors: a coarse k-means quantizer of ``nlist`` lists, and each
        vector's residual coded by product quantization in ``dim / 4`` sub-vectors of 8 bits: 1 byte per 4
