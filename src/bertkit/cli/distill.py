@@ -89,10 +89,10 @@ def config_from(args: argparse.Namespace) -> DistillConfig | GeneralDistillConfi
     the recipe or an override) makes them a GeneralDistillConfig."""
     d = recipe_settings(args, DistillConfig, KIND)
     mode = d.pop("mode", "task")
-    if getattr(args, "general", None):
-        mode = "general"
     if mode not in MODES:
         raise ConfigError(f"setting mode is {mode!r}; choose one of {', '.join(MODES)}")
+    if getattr(args, "general", None):
+        mode = "general"
     wrong = sorted(set(d) & (TASK_ONLY if mode == "general" else GENERAL_ONLY))
     if wrong:
         other = "task" if mode == "general" else "general (--general)"
