@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bertkit.cli import (
+    classify_prompt,
     compress,
     data,
     demo,
@@ -19,6 +20,7 @@ from bertkit.cli import (
     finetune,
     index,
     info,
+    merge,
     predict,
     pretrain,
     score,
@@ -34,7 +36,7 @@ COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": eval
             "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
             "fill-mask": fill_mask, "score": score, "serve": serve,
             "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill,
-            "compress": compress}
+            "compress": compress, "merge": merge, "classify-prompt": classify_prompt}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _UMASK = os.umask(0o022)
@@ -40,6 +41,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], stale: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield an empty temp directory beside ``path``; on success its files take their place in ``path``.
+
+    A new (or empty) ``path`` appears whole, in one rename. Into an existing one each file is renamed over its
+    namesake, so every file is whole, old or new; files of ``path`` the new set lacks stay, except the names in
+    ``stale`` (files or folders), removed first: what an older save of another kind left, which would
+    misdescribe the new one. On any exception the temp directory is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield build
+        os.chmod(build, 0o777 & ~_UMASK)  # mkdtemp makes it owner-only
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            os.replace(build, path)
+            return
+        for name in stale:
+            old = path / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
+        # in the order they were written, so a file written last to mark a complete save (a manifest) moves last
+        for src in sorted((q for q in build.rglob("*") if q.is_file()), key=lambda q: (q.stat().st_mtime_ns, str(q))):
+            dst = path / src.relative_to(build)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

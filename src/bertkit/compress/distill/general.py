@@ -70,9 +70,11 @@ class GeneralDistillResult:
 
 
 def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillConfig | None = None, *,
-                    resume: bool = False, overwrite: bool = False, **settings: Any) -> GeneralDistillResult:
+                    resume: bool = False, overwrite: bool = False, callbacks: tuple = (),
+                    **settings: Any) -> GeneralDistillResult:
     """Task-agnostic distillation on raw text (hidden, attention and value-relation losses); writes a plain
     encoder directory (``bertkit.load``, ``finetune --model``, ``DistillConfig.student_model``).
+    callbacks: called with the Trainer after each step, as ``distill``'s.
 
     >>> distill_general("runs/minilm-3l", teacher="all-MiniLM-L6-v2", student_layers=[1, 3, 5], corpus=["bbc-news"])
     """
@@ -147,7 +149,7 @@ def distill_general(output_dir: str | os.PathLike[str], config: GeneralDistillCo
                                    "student": student.config.to_dict(), "layer_map": distiller.layer_map,
                                    "max_length": cfg.max_length, "eval_sequences": cfg.eval_sequences,
                                    "world_size": dist.world_size},
-                      find_unused_parameters=True)
+                      callbacks=callbacks, find_unused_parameters=True)
     state = trainer.fit(resume=resume)
     if not eval_batches and dist.is_main:
         save()
