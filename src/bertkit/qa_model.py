@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bertkit import metrics as M
 from bertkit.data.features import PackedBatch, make_batch
-from bertkit.data.qa_features import QAFeatures, qa_features
+from bertkit.data.qa_features import QAFeatures, context_room, qa_features
 from bertkit.data.squad import QAData, QAExample, qa_data
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import check_vocabulary, engine_options
@@ -60,6 +60,13 @@ class QAModel:
     @property
     def labels(self) -> list[str]:
         return []
+
+    @property
+    def head(self) -> QuestionAnsweringHead:
+        """``model``'s name in ``TaskModel`` (the encoder plus its head), for code that serves either."""
+        return self.model
+
+    onnx = None  # QA runs on torch; ``bertkit.loader.encoder_of`` reads this as TaskModel's
 
     # ---- load / save ----------------------------------------------------------------------
     @classmethod
@@ -134,6 +141,18 @@ class QAModel:
             windows[i].append(Window(logits[w], int(feats.context_start[w]), feats.offsets[w], feats.words[w]))
         return [decode(ws, ex.context, top_k, self.max_answer_length, null_threshold)
                 for ws, ex in zip(windows, examples, strict=True)]
+
+    def token_counts(self, questions: Sequence[str], contexts: Sequence[str]) -> list[int]:
+        """Untruncated tokens of each pair (a server's budget); a ValueError naming the sizes for a question that
+        leaves no room for its context (``data.qa_features.context_room``)."""
+        tok = self.tokenizer
+        n_special = tok.num_special_tokens(pair=True)
+        out = []
+        for i, (q, c) in enumerate(zip(tok.encode_plain(list(questions)), tok.encode_plain(list(contexts)),
+                                       strict=True)):
+            context_room(f"question[{i}]", len(q), len(c), n_special, self.max_length, self.doc_stride)
+            out.append(len(q) + len(c) + n_special)
+        return out
 
     # ---- public API -----------------------------------------------------------------------
     def predict(self, questions: Sequence[str], contexts: Sequence[str], top_k: int = 1,

@@ -48,6 +48,22 @@ def answer_positions(offsets: np.ndarray, start_char: int, end_char: int) -> tup
     return max(first, 0), min(max(last, first), len(offsets) - 1)
 
 
+def context_room(where: str, n_question: int, n_context: int, n_special: int, max_length: int,
+                 doc_stride: int) -> int:
+    """Context tokens a window holds; a ValueError naming the sizes when the question leaves no room, or when a
+    context that needs several windows could not advance by them (doc_stride >= room)."""
+    room = max_length - n_special - n_question
+    if room <= 0:
+        raise ValueError(f"{where}: the question has {n_question} tokens, and with {n_special} special tokens that "
+                         f"leaves {room} of max_length={max_length} for the context; use a larger max_length or a "
+                         "shorter question")
+    if n_context > room and doc_stride >= room:
+        raise ValueError(f"{where}: doc_stride={doc_stride} must be smaller than the {room} context tokens a window "
+                         f"holds (max_length={max_length} less the question's {n_question} and {n_special} special "
+                         "tokens)")
+    return room
+
+
 def qa_features(examples: Sequence[QAExample], tokenizer: Tokenizer, max_length: int, doc_stride: int,
                 with_labels: bool = False) -> QAFeatures:
     """Windows of every example, in example order (see the module docstring)."""
@@ -55,16 +71,8 @@ def qa_features(examples: Sequence[QAExample], tokenizer: Tokenizer, max_length:
     n_special = tokenizer.num_special_tokens(pair=True)
     ids, types, labels, example, starts, offsets, words = [], [], [], [], [], [], []
     for i, (ex, enc) in enumerate(zip(examples, encs, strict=True)):
-        room = max_length - n_special - len(enc.ids_a)
-        if room <= 0:
-            raise ValueError(f"{ex.where}: the question has {len(enc.ids_a)} tokens, and with {n_special} special "
-                             f"tokens that leaves {room} of max_length={max_length} for the context; use a larger "
-                             "max_length or a shorter question")
         n = len(enc.ids_b)
-        if n > room and doc_stride >= room:
-            raise ValueError(f"{ex.where}: doc_stride={doc_stride} must be smaller than the {room} context tokens a "
-                             f"window holds (max_length={max_length} less the question's {len(enc.ids_a)} and "
-                             f"{n_special} special tokens)")
+        room = context_room(ex.where, len(enc.ids_a), n, n_special, max_length, doc_stride)
         spans = [(0, n)] if n <= room else window_spans(n, room, doc_stride, align_last=False)
         ctx_start = tokenizer.second_start(len(enc.ids_a))
         all_offsets = np.asarray(enc.offsets_b, dtype=np.int64).reshape(-1, 2)
