@@ -57,6 +57,16 @@ def test_synthetic_set_is_deterministic_and_extractive():
     assert one.examples[0].answers == ["1.2%"] and "how much" in one.examples[0].question
 
 
+def test_data_qa_smoke_writes_readable_splits(tmp_path, capsys):
+    assert main(["data", "qa-smoke", "-o", str(tmp_path), "--limit", "3"]) == 0
+    assert "train  6 questions" in capsys.readouterr().out
+    for split in ("train", "dev", "test"):
+        data = read_squad(tmp_path / f"{split}.jsonl")
+        assert len(data) == 6 and data.n_skipped == 0
+    assert [e.question for e in read_squad(tmp_path / "dev.jsonl").examples] == \
+        [e.question for e in bbc_news_qa("dev", limit=3).examples]
+
+
 def test_finetune_evaluate_predict_qa(tiny, tmp_path, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", bbc_news_qa("train", limit=4, per_text=1))
     dev = write_jsonl(tmp_path / "dev.jsonl", bbc_news_qa("dev", limit=3, per_text=1))

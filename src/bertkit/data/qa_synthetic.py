@@ -11,9 +11,13 @@ their sentence, so it measures span extraction and decoding, not reading compreh
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from pathlib import Path
 
 from bertkit.data.squad import QAData, QAExample, checked
+from bertkit.utils.atomic import atomic_write_text
 
 NUMBER = re.compile(r"(?<![\w.])[$£€]?\d[\d,.]*(?:%|bn|m|k)?(?![\w])")
 NAME = re.compile(r"(?<=[a-z,;] )(?:[A-Z][a-z]+ )+[A-Z][a-z]+")
@@ -69,3 +73,15 @@ def to_jsonl_rows(data: QAData) -> list[dict]:
     """Rows in Hugging Face datasets' squad layout (what ``read_squad`` reads back from .jsonl)."""
     return [{"id": e.id, "question": e.question, "context": e.context,
              "answers": {"text": list(e.answers), "answer_start": list(e.answer_starts)}} for e in data.examples]
+
+
+def write_splits(directory: str | os.PathLike[str], limit: int | None = None, seed: int = 42) -> dict[str, Path]:
+    """train/dev/test.jsonl of the synthetic set (``limit`` articles per split at most) in ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split in ("train", "dev", "test"):
+        rows = to_jsonl_rows(bbc_news_qa(split, limit, seed))
+        out[split] = d / f"{split}.jsonl"
+        atomic_write_text(out[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return out
