@@ -72,11 +72,19 @@ def test_head_saved_loads_in_transformers_with_the_same_logits(variant, tmp_path
             torch.testing.assert_close(got[:, 1], ref.end_logits[0], atol=2e-5, rtol=1e-4, msg=f"seq {i} end")
 
 
-def test_transformers_qa_directory_loads_as_qa_model(tmp_path, one_thread):
-    d = checkpoint("bert", tmp_path / "hf", role="qa")  # written by transformers' BertForQuestionAnswering
+@pytest.mark.parametrize("variant", ["bert", "modernbert", "distilbert"])
+def test_transformers_qa_directory_loads_with_the_same_logits(variant, tmp_path, one_thread):
+    d = checkpoint(variant, tmp_path / "hf", role="qa")  # written by transformers' XxxForQuestionAnswering
+    assert bertkit.inspect(d).role == "qa"
     model = bertkit.load_task_model(d)
     assert isinstance(model, QAModel)
-    assert bertkit.inspect(d).role == "qa"
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(d, attn_implementation="eager").eval()
+    x = torch.randint(5, 900, (11,), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        got = model.model(x, Packing.from_lengths([11]))
+        ref = hf(input_ids=x[None])
+    torch.testing.assert_close(got[:, 0], ref.start_logits[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got[:, 1], ref.end_logits[0], atol=2e-5, rtol=1e-4)
 
 
 def test_qa_loss_is_transformers_loss(tmp_path, one_thread):

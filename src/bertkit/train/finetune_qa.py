@@ -26,6 +26,7 @@ from bertkit.errors import BertkitError
 from bertkit.model.directory import load_encoder
 from bertkit.model.heads import QuestionAnsweringHead, strip_task_keys
 from bertkit.qa_model import QAModel
+from bertkit.task_model import MAIN_METRIC
 from bertkit.train.distributed import init_distributed, rank_share
 from bertkit.train.trainer import Trainer
 from bertkit.utils.atomic import atomic_write_text
@@ -69,7 +70,7 @@ def finetune_qa(output_dir: str | Path, cfg, *, resume: bool = False, overwrite:
         prepare_output_dir,
     )
 
-    tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or "f1")
+    tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC["qa"][0])
     out = Path(output_dir)
     dist = init_distributed(tcfg.device)
     rank_share(tcfg.batch_size, dist.world_size)
