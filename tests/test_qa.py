@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bertkit
 from bertkit import metrics as M
@@ -19,6 +21,7 @@ from bertkit.data.squad import qa_data, read_squad
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.data.windows import window_spans
 from bertkit.errors import InputFileError
+from bertkit.inference.qa_decode import best_spans
 from bertkit.model.attention import Packing
 from bertkit.model.directory import load_encoder
 from bertkit.model.heads import QuestionAnsweringHead
@@ -139,6 +142,21 @@ def test_decoding_matches_the_pipeline_on_minilm(minilm_dir, tmp_path, one_threa
         ref, n_windows = pipeline_answers(hf, tok, q, CONTEXT, top_k=5, max_seq_len=40, doc_stride=12)
         assert n_windows >= 4
         assert_same_answers(ours, ref)
+
+
+@given(st.integers(1, 40), st.integers(1, 20), st.integers(1, 5), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_best_spans_are_transformers_decode_spans(n, max_len, top_k, seed):
+    from transformers.pipelines.document_question_answering import decode_spans
+
+    rng = np.random.default_rng(seed)
+    start, end = rng.dirichlet(np.ones(n)).astype(np.float32), rng.dirichlet(np.ones(n)).astype(np.float32)
+    ours = best_spans(start, end, top_k, max_len)
+    s, e, scores = decode_spans(start, end, top_k, max_len, np.ones(n, dtype=np.int64))
+    valid = [(int(a), int(b), float(c)) for a, b, c in zip(s, e, scores, strict=True) if b >= a and b - a < max_len]
+    assert [x[2] for x in ours] == pytest.approx([x[2] for x in valid])
+    if top_k == 1:
+        assert [x[:2] for x in ours] == [x[:2] for x in valid]
 
 
 def test_windows_are_the_tokenizers_overflowing_windows(minilm_dir):

@@ -49,7 +49,7 @@ def _probabilities(x: np.ndarray, context: slice) -> np.ndarray:
     return p / p.sum()
 
 
-def window_spans(start: np.ndarray, end: np.ndarray, top_k: int, max_answer_length: int
+def best_spans(start: np.ndarray, end: np.ndarray, top_k: int, max_answer_length: int
                  ) -> list[tuple[int, int, float]]:
     """The ``top_k`` best (s, e, p_start[s] * p_end[e]) over context tokens with s <= e < s + max_answer_length;
     ``start``/``end`` (n_context,) probabilities. Ties keep the lower (s, e), as the pipeline's argmax does."""
@@ -91,7 +91,7 @@ def decode(windows: Sequence[Window], context: str, top_k: int = 1, max_answer_l
         null = min(null, float(start[0] * end[0]))
         if n == 0:
             continue
-        for s, e, score in window_spans(start[ctx], end[ctx], top_k, max_answer_length):
+        for s, e, score in best_spans(start[ctx], end[ctx], top_k, max_answer_length):
             a, b = _chars(w, s, e, align_to_words)
             text = context[a:b]
             found = answers.get(text.lower())
