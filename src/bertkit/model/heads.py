@@ -4,8 +4,8 @@
                         (``XxxForSequenceClassification``; BERT's dense + tanh is the encoder's own pooler)
 ``TokenClassifier``     token states  -> [dense -> act -> norm] -> dropout -> Linear(hidden, num_labels)
                         (``XxxForTokenClassification``; only ModernBERT has the dense part)
-``QuestionAnsweringHead`` token states -> [dense -> act -> norm] -> Linear(hidden, 2): start and end logits
-                        (``XxxForQuestionAnswering``: ``qa_outputs``, ModernBERT's ``head`` + ``classifier``)
+``QuestionAnsweringHead`` token states -> [dense -> act -> norm] -> [dropout] -> Linear(hidden, 2): start and end
+                        logits (``XxxForQuestionAnswering``: ``qa_outputs``, ModernBERT's ``head`` + ``classifier``)
 
 Which parts exist, their HF names, the activation and the pooling (first token, or the mean for ModernBERT with
 ``classifier_pooling: mean``) come from the family's ``ClassifierSpec`` (``model/families/``). Both heads run on the
@@ -223,6 +223,11 @@ class QuestionAnsweringHead(_Head):
     kind = "qa"
 
     def __init__(self, encoder: BertModel, dropout: float | None = None) -> None:
+        if dropout is None:  # as each family's XxxForQuestionAnswering trains: most apply no dropout before the
+            # output layer; DistilBERT its qa_dropout, ModernBERT its classifier_dropout (None: that default)
+            name = family_of(encoder.config).name
+            dropout = {"distilbert": float(encoder.config.extra.get("qa_dropout", 0.1)),
+                       "modernbert": None}.get(name, 0.0)
         super().__init__(encoder, 2, dropout=dropout)
 
     def logits_from_states(self, h: Tensor, packing: Packing | None = None) -> Tensor:
