@@ -273,6 +273,13 @@ def test_no_room_for_the_context_names_the_sizes(minilm_dir):
         qa_features(qa_data(["why " * 18], [CONTEXT]).examples, tok, 32, 30)
 
 
+def test_empty_context_answers_nothing(tmp_path, one_thread):
+    model = bertkit.load_task_model(qa_model_dir("bert", tmp_path / "m"))
+    got = model.predict(["Who?", "Who?"], ["", "Andrew Bailey spoke."])
+    assert got[0]["answer"] == "" and (got[0]["start"], got[0]["end"]) == (0, 0)
+    assert got[1]["answer"] != ""
+
+
 def test_evaluate_scores_predictions_against_gold(tmp_path, one_thread):
     d = qa_model_dir("bert", tmp_path / "m")
     model = bertkit.load_task_model(d)

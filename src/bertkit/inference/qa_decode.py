@@ -100,9 +100,11 @@ def decode(windows: Sequence[Window], context: str, top_k: int = 1, max_answer_l
             else:
                 answers[text.lower()] = {"answer": text, "score": score, "start": a, "end": b}
     ranked = sorted(answers.values(), key=lambda x: x["score"], reverse=True)
+    no_answer = {"answer": "", "score": null, "start": 0, "end": 0}
+    if not ranked:  # an empty context: nothing to extract
+        return [no_answer]
     if null_threshold is not None:
-        best = ranked[0]["score"] if ranked else 0.0
-        no_answer = {"answer": "", "score": null, "start": 0, "end": 0}
+        best = ranked[0]["score"]
         if null - best > null_threshold:
             ranked.insert(0, no_answer)
         else:
