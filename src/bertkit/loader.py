@@ -6,7 +6,7 @@
                            sentence-transformers directory, a task model (its encoder), an MLM, a compressed or
                            low-rank checkpoint, or an ONNX export
 ``load_task_model(name)``  a ``TaskModel`` from a bertkit or transformers task directory (any family), or a
-                           compressed / low-rank one
+                           compressed / low-rank one; a ``QAModel`` for a question-answering one
 ``load_fill_mask(name)``   a ``FillMask`` (an MLM head in the family's layout, or a fresh one, with a warning)
 
 Names resolve through ``hub.resolve_model_dir`` (built-in names, local directories, the local Hugging Face cache);
@@ -26,6 +26,7 @@ from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import attn_implementation_of
 from bertkit.model.directory import ModelDir, inspect_model_dir
 from bertkit.model.sentence import SentenceConfig
+from bertkit.qa_model import QAModel
 from bertkit.task_model import TaskModel
 
 NameOrPath = str | os.PathLike[str] | None
@@ -95,9 +96,10 @@ def load(name_or_path: NameOrPath = None, *, attn_implementation: str | None = N
 def load_task_model(name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
                     engine: EngineOptions | None = None, *, attn_implementation: str | None = None,
                     dtype: str | None = None, int8: bool | None = None, backend: str | None = None,
-                    path: str | None = None) -> TaskModel:
+                    path: str | None = None) -> TaskModel | QAModel:
     """A fine-tuned model of any family: bertkit's, transformers' ``XxxFor{Sequence,Token}Classification``, or a
-    compressed / low-rank checkpoint of one. attn_implementation: as ``load``."""
+    compressed / low-rank checkpoint of one; ``XxxForQuestionAnswering`` gives a ``QAModel``. attn_implementation:
+    as ``load``."""
     path = attn_implementation_of(attn_implementation, path)
     info = inspect_model_dir(name_or_path)
     options = engine_options(engine, dtype=dtype, int8=int8, backend=backend)
@@ -109,6 +111,8 @@ def load_task_model(name_or_path: str | os.PathLike[str], device: str | torch.de
 
             raise CheckpointError(f"{info.path}: a {info.format} encoder, not a task model (no bertkit_task.json)")
         return model
+    if info.task == "qa" or (info.task is None and info.role == "qa"):
+        return QAModel.from_pretrained(info, device=device, attn_implementation=path, engine=options)
     return TaskModel.from_pretrained(info, device=device, attn_implementation=path, engine=options)
 
 

@@ -4,10 +4,15 @@ Classification: accuracy, macro/micro F1, Matthews correlation (multi-class, as 
 Regression: Pearson and Spearman (average ranks for ties). Tagging: entity-level precision,
 recall and F1 over BIO spans, where a span counts only when its type and both boundaries match
 (seqeval's default CoNLL chunking: an ``I-X`` that does not continue an ``X`` span starts one).
+Extractive QA: SQuAD exact match and F1 with the official script's normalisation (v2.0's, which also scores
+unanswerable questions: an empty gold answer is matched only by an empty prediction).
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -136,3 +141,40 @@ def entity_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequen
     recall = n_hit / n_true if n_true else 0.0
     f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f}
+
+
+# ---- extractive question answering (SQuAD) -------------------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """The official SQuAD normalisation: lower case, no punctuation, no articles (a/an/the), single spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def _answer_f1(gold: str, pred: str) -> float:
+    g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+    if not g or not p:  # an unanswerable question (or an empty answer) scores 1 only against an empty one
+        return float(g == p)
+    common = sum((Counter(g) & Counter(p)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(gold_answers: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+    """Exact match and F1 in percent, each the best over a question's gold answers, averaged over questions
+    (official SQuAD v2.0 script; gold answers that normalise to nothing are dropped, and a question left
+    without any is unanswerable: only "" matches it)."""
+    if len(gold_answers) != len(predictions):
+        raise ValueError(f"{len(gold_answers)} questions with gold answers, {len(predictions)} predictions")
+    em = f1_sum = 0.0
+    for golds, pred in zip(gold_answers, predictions, strict=True):
+        golds = [a for a in golds if normalize_answer(a)] or [""]
+        em += max(float(normalize_answer(a) == normalize_answer(pred)) for a in golds)
+        f1_sum += max(_answer_f1(a, pred) for a in golds)
+    n = max(len(predictions), 1)
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1_sum / n}

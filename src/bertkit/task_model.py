@@ -47,7 +47,8 @@ __all__ = ["MAIN_METRIC", "MULTILABEL_THRESHOLD", "PROBLEM_TYPE", "TASK_FILE", "
 
 # The metric that picks the best checkpoint, and whether larger is better.
 MAIN_METRIC = {"classification": ("accuracy", True), "pair-classification": ("accuracy", True),
-               "multilabel": ("micro_f1", True), "regression": ("pearson", True), "ner": ("f1", True)}
+               "multilabel": ("micro_f1", True), "regression": ("pearson", True), "ner": ("f1", True),
+               "qa": ("f1", True)}  # qa: SQuAD F1 of a QAModel (bertkit.qa_model)
 MULTILABEL_THRESHOLD = 0.5
 
 

@@ -70,7 +70,7 @@ def hf_model_class(variant: str, role: str = "encoder"):
              "electra": "Electra", "distilbert": "DistilBert", "mpnet": "MPNet", "deberta-v2": "DebertaV2",
              "modernbert": "ModernBert"}
     suffix = {"encoder": "Model", "sequence": "ForSequenceClassification", "token": "ForTokenClassification",
-              "mlm": "ForMaskedLM", "pretraining": "ForPreTraining"}[role]
+              "mlm": "ForMaskedLM", "pretraining": "ForPreTraining", "qa": "ForQuestionAnswering"}[role]
     return getattr(transformers, names[FAMILY_OF[variant]] + suffix)
 
 

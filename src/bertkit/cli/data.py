@@ -1,4 +1,5 @@
-"""``bertkit data show NAME``: sizes and label counts of a built-in fine-tuning dataset; ``bertkit data list``."""
+"""``bertkit data show NAME``: sizes and label counts of a built-in fine-tuning dataset; ``bertkit data list``;
+``bertkit data qa-smoke -o DIR``: the synthetic SQuAD-style set from BBC News as train/dev/test.jsonl."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help=f"one of {', '.join(BUILTIN_DATASETS)}")
     show.add_argument("--seed", type=int, default=42, help="seed of the train/dev/test split (default 42)")
     actions.add_parser("list", help="the built-in datasets, their tasks and packages")
+    qa = actions.add_parser("qa-smoke", help="write the synthetic question-answering set (BBC News cloze "
+                                             "questions) as train/dev/test.jsonl")
+    qa.add_argument("--output", "-o", required=True, help="directory")
+    qa.add_argument("--limit", type=int, default=None, help="articles per split at most (2 questions each)")
+    qa.add_argument("--seed", type=int, default=42, help="seed of the BBC News split (default 42)")
     p.set_defaults(func=run)
 
 
@@ -23,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
         width = max(len(name) for name in BUILTIN_DATASETS)
         for name, (task, requirement, description) in BUILTIN_DATASETS.items():
             print(f"{name:<{width}}  {task:<14}  {requirement:<24}  {description}")
+        return 0
+    if args.data_command == "qa-smoke":
+        from bertkit.data.qa_synthetic import write_splits
+
+        for split, path in write_splits(args.output, args.limit, args.seed).items():
+            print(f"{split:<5}  {sum(1 for _ in path.open(encoding='utf-8'))} questions -> {path}")
         return 0
     splits = load_builtin(args.name, seed=args.seed)  # an unknown name fails here, listing the known ones
     task, requirement, description = BUILTIN_DATASETS[args.name]

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", help="directory written by `bertkit finetune` (or a transformers BertFor* model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="built-in dataset name")
-    src.add_argument("--data", help="labelled file (.csv/.tsv/.jsonl/.parquet; NER also .conll)")
+    src.add_argument("--data", help="labelled file (.csv/.tsv/.jsonl/.parquet; NER also .conll; QA SQuAD .json/.jsonl)")
     p.add_argument("--split", default="test", choices=("train", "dev", "test"), help="built-in split (default test)")
     p.add_argument("--seed", type=int, default=None,
                    help="split seed (default: the one the model was trained with, else 42)")
@@ -39,21 +39,27 @@ def training_seed(model_dir: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     model = load_task_model(args.model_dir, engine=engine_from_args(args))
-    if args.dataset:
+    if model.task == "qa":
+        if not args.data:
+            raise ValueError("a question-answering model is evaluated on a SQuAD-style file: --data FILE")
+        from bertkit.cli.qa import evaluate_file
+
+        source, metrics = evaluate_file(model, args.data)
+    elif args.dataset:
         seed = args.seed if args.seed is not None else training_seed(Path(args.model_dir))
         data = load_builtin(args.dataset, seed=seed)[args.split]
     else:
         data = read_task_file(args.data, model.task, text_column=args.text_column,
                               text_pair_column=args.text_pair_column, label_column=args.label_column,
                               label_separator=args.label_separator)
-    check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
-                       "the model cannot predict them")
-    metrics = model.evaluate(data)
-    metrics = {"examples": len(data), **metrics}
+    if model.task != "qa":
+        check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
+                           "the model cannot predict them")
+        source, metrics = data.source, {"examples": len(data), **model.evaluate(data)}
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{data.source}: {len(data)} examples, task {model.task}")
+        print(f"{source}: {metrics['examples']} examples, task {model.task}")
         for k, v in metrics.items():
             print(f"  {k:<16} {v:.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
     return 0

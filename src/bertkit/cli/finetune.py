@@ -3,6 +3,7 @@
     bertkit finetune --recipe bbc-news -o runs/bbc lr=5e-5 --time-budget 5m
     bertkit finetune --recipe my-recipe.yaml -o runs/mine
     bertkit finetune --task ner --train train.conll --eval dev.conll -o runs/ner --epochs 3
+    bertkit finetune --task qa --train train.json --eval dev.json --max-length 384 -o runs/qa
     torchrun --nproc-per-node 2 -m bertkit.cli.main finetune --recipe bbc-news -o runs/bbc-ddp
 
 A recipe is a YAML file, or the name of one in recipes/ (bbc-news, tweet-sentiment, wnut16-ner), whose keys
@@ -35,8 +36,9 @@ DATA_FLAGS: dict[str, dict] = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    add_recipe_command(sub, "finetune", "fine-tune a task model (classification, pairs, multilabel, regression, ner)",
-                       __doc__, FinetuneConfig, {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=TASKS)}, KIND,
+    add_recipe_command(sub, "finetune",
+                       "fine-tune a task model (classification, pairs, multilabel, regression, ner, qa)", __doc__,
+                       FinetuneConfig, {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa"))}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 

@@ -1,7 +1,8 @@
 """``bertkit predict DIR --input FILE --output FILE``: labels and probabilities (words and tags for NER).
 
 Input: .txt (one text per line; for NER one sentence per line, words split on whitespace), .jsonl
-(field ``text``, ``text_pair``; NER ``tokens``), .csv/.tsv, or .conll for NER.
+(field ``text``, ``text_pair``; NER ``tokens``; question answering ``question``, ``context``), .csv/.tsv, .conll
+for NER, SQuAD .json for question answering (``cli/qa.py``).
 Output: .jsonl (one JSON object per input, in order) or .csv (sequence tasks), written atomically.
 """
 
@@ -70,6 +71,11 @@ def _jsonl_words(path: Path, field: str) -> list[list[str]]:
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.output, OUTPUT_FORMATS)  # fail before any work, naming the path
     model = load_task_model(args.model_dir, engine=engine_from_args(args))
+    if model.task == "qa":
+        from bertkit.cli.qa import predict_file
+
+        print(f"{predict_file(model, args.input, out)} predictions -> {out}")
+        return 0
     if model.task == "ner" and out.suffix.lower() == ".csv":
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")
     texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)

@@ -57,6 +57,17 @@ class Batch:
         return [len(x) for x in self.ids]
 
 
+@dataclass
+class PairOffsets:
+    """A tokenized pair: ``ids_a``; ``ids_b`` with ``offsets_b`` [(start, end)] characters of each token in text B
+    and ``words_b`` the index of its word (None where the tokenizer has no words)."""
+
+    ids_a: list[int]
+    ids_b: list[int]
+    offsets_b: list[tuple[int, int]]
+    words_b: list[int | None]
+
+
 class Tokenizer:
     """One model's tokenizer: encoding (unpadded, truncated as transformers does), its special tokens and
     templates, and saving in a form transformers loads to the same ids. Safe to share between threads."""
@@ -185,7 +196,34 @@ class Tokenizer:
             types.extend([type_id] * len(part))
         return ids, types
 
+    def second_start(self, n_a: int) -> int:
+        """Position of the second text's first token in ``build_inputs(ids_a, ids_b)`` when ids_a has ``n_a``
+        tokens (1 + n_a for BERT's [CLS] A [SEP] B [SEP], 2 + n_a for RoBERTa's <s> A </s></s> B </s>)."""
+        pos = 0
+        for kind, what, _ in self._pair:
+            if kind == "sequence" and what == 1:
+                return pos
+            pos += len(what) if kind == "special" else n_a
+        raise ConfigError(f"{self.source or 'tokenizer'}: the pair template has no second sequence")
+
     # ---- encoding --------------------------------------------------------------------------------------------
+    def encode_pairs_with_offsets(self, texts_a: list[str], texts_b: list[str]) -> list[PairOffsets]:
+        """Each pair tokenized untruncated, as transformers' fast tokenizer tokenizes it: the first text's ids, and
+        the second's ids with each token's character offsets in its text and its word index (extractive QA maps
+        token spans back to the context with them)."""
+        if len(texts_a) != len(texts_b):
+            raise ValueError(f"{len(texts_a)} first texts but {len(texts_b)} second texts")
+        with self._lock:  # encode() toggles truncation; wait for it to switch it off again
+            encs = self._tok.encode_batch(list(zip(texts_a, texts_b, strict=True)))
+        out = []
+        for e in encs:
+            seq = e.sequence_ids
+            a = [i for i, s in enumerate(seq) if s == 0]
+            b = [i for i, s in enumerate(seq) if s == 1]
+            out.append(PairOffsets([e.ids[i] for i in a], [e.ids[i] for i in b], [e.offsets[i] for i in b],
+                                   [e.word_ids[i] for i in b]))
+        return out
+
     def _check_max_length(self, max_length: int, pair: bool) -> None:
         n = self.num_special_tokens(pair)
         if max_length < max(n, 1):

@@ -31,18 +31,21 @@ def check_stride(stride: int, size: int, where: str = "--stride") -> None:
                          f"special tokens), or the windows would not advance")
 
 
-def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+def window_spans(n: int, size: int, stride: int, align_last: bool = True) -> list[tuple[int, int]]:
     """[(start, end_exclusive)] of the windows over ``n`` tokens: ``size`` each, overlapping by ``stride``.
 
-    The last window ends at ``n`` (it may overlap its neighbour by more than ``stride``); ``n <= size`` -> one
-    window ``(0, n)``; ``n == 0`` -> ``[(0, 0)]`` (an empty text is still one input).
+    The last window ends at ``n`` (it may overlap its neighbour by more than ``stride``); with ``align_last=False``
+    it starts ``size - stride`` after the previous one and is shorter, as transformers' fast tokenizers cut
+    overflowing tokens (extractive QA uses that, so that its windows are the question-answering pipeline's).
+    ``n <= size`` -> one window ``(0, n)``; ``n == 0`` -> ``[(0, 0)]`` (an empty text is still one input).
     """
     check_stride(stride, size)
     if n <= size:
         return [(0, n)]
     step = size - stride
     spans = [(s, s + size) for s in range(0, n - size, step)]
-    spans.append((n - size, n))
+    last = n - size if align_last else spans[-1][0] + step
+    spans.append((last, n))
     return spans
 
 

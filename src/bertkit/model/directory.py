@@ -9,8 +9,8 @@ Face cache) and returns a ``ModelDir``:
             "low-rank"               bertkit's SVD-factorized checkpoint (config.json "lowrank" section)
             "onnx"                   an ONNX export (model.onnx) without torch weights
 ``family``  bert, roberta, deberta-v2, modernbert, electra, distilbert, mpnet (from config.json's model_type)
-``role``    "encoder", "sequence", "token", "mlm", "pretraining" (from ``architectures``), and ``task`` the bertkit
-            task name when bertkit_task.json says so
+``role``    "encoder", "sequence", "token", "qa", "mlm", "pretraining" (from ``architectures``), and ``task`` the
+            bertkit task name when bertkit_task.json says so
 
 ``load_encoder(name_or_path)`` is the one place that turns a directory of float weights into our encoder (plus its
 task-head tensors and the ``ModelDir``); the formats it cannot run as float weights are refused by name, so every
@@ -57,10 +57,11 @@ class ModelDir:
 
     @property
     def is_task_model(self) -> bool:
-        return self.task is not None or self.role in ("sequence", "token")
+        return self.task is not None or self.role in ("sequence", "token", "qa")
 
     def describe(self) -> str:
-        what = {"sequence": "sequence classifier", "token": "token classifier", "mlm": "masked LM",
+        what = {"sequence": "sequence classifier", "token": "token classifier",
+                "qa": "question-answering model", "mlm": "masked LM",
                 "pretraining": "ELECTRA discriminator with its head", "encoder": "encoder"}[self.role]
         onnx = ", + onnx" if self.has_onnx and self.format != "onnx" else ""
         return f"{self.family.name} {what} ({self.format}{onnx})"
@@ -154,6 +155,8 @@ def infer_task(info: ModelDir) -> str:
     problem = info.config.get("problem_type") or "single_label_classification"
     if info.role == "token":
         return "ner"
+    if info.role == "qa":
+        return "qa"
     if info.role == "sequence":
         return {"multi_label_classification": "multilabel", "regression": "regression"}.get(problem, "classification")
     raise CheckpointError(f"{info.path}: not a task model ({info.describe()}; config.json architectures="

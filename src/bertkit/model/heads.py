@@ -4,6 +4,8 @@
                         (``XxxForSequenceClassification``; BERT's dense + tanh is the encoder's own pooler)
 ``TokenClassifier``     token states  -> [dense -> act -> norm] -> dropout -> Linear(hidden, num_labels)
                         (``XxxForTokenClassification``; only ModernBERT has the dense part)
+``QuestionAnsweringHead`` token states -> [dense -> act -> norm] -> [dropout] -> Linear(hidden, 2): start and end
+                        logits (``XxxForQuestionAnswering``: ``qa_outputs``, ModernBERT's ``head`` + ``classifier``)
 
 Which parts exist, their HF names, the activation and the pooling (first token, or the mean for ModernBERT with
 ``classifier_pooling: mean``) come from the family's ``ClassifierSpec`` (``model/families/``). Both heads run on the
@@ -95,7 +97,7 @@ class _Head(nn.Module):
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
         cfg = encoder.config
         self.family = family_of(cfg)
-        self.spec: ClassifierSpec = self.family.sequence if self.kind == "sequence" else self.family.token
+        self.spec: ClassifierSpec = getattr(self.family, self.kind)  # Family.sequence / .token / .qa
         self.encoder = encoder
         self.num_labels = num_labels
         self.problem_type = problem_type
@@ -213,6 +215,43 @@ class TokenClassifier(_Head):
     def forward(self, input_ids: Tensor, packing: Packing, token_type_ids: Tensor | None = None) -> Tensor:
         """input_ids (total_tokens,) -> logits (total_tokens, num_labels)."""
         return self.logits_from(self.encoder.forward_packed(input_ids, packing, token_type_ids))
+
+
+class QuestionAnsweringHead(_Head):
+    """Extractive QA: a start and an end logit per token (``XxxForQuestionAnswering``)."""
+
+    kind = "qa"
+
+    def __init__(self, encoder: BertModel, dropout: float | None = None) -> None:
+        if dropout is None:  # as each family's XxxForQuestionAnswering trains: most apply no dropout before the
+            # output layer; DistilBERT its qa_dropout, ModernBERT its classifier_dropout (None: that default)
+            name = family_of(encoder.config).name
+            dropout = {"distilbert": float(encoder.config.extra.get("qa_dropout", 0.1)),
+                       "modernbert": None}.get(name, 0.0)
+        super().__init__(encoder, 2, dropout=dropout)
+
+    def logits_from_states(self, h: Tensor, packing: Packing | None = None) -> Tensor:
+        return self.logits_from(h)
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        # XxxForQuestionAnswering builds its encoder without the pooler: leave it out rather than have
+        # transformers report it as unexpected
+        pooler = f"{self.family.prefix}.pooler."
+        return {k: v for k, v in super().hf_state_dict().items() if not k.startswith(pooler)}
+
+    def forward(self, input_ids: Tensor, packing: Packing, token_type_ids: Tensor | None = None) -> Tensor:
+        """input_ids (total_tokens,) -> logits (total_tokens, 2): [:, 0] start, [:, 1] end."""
+        return self.logits_from(self.encoder.forward_packed(input_ids, packing, token_type_ids))
+
+    def loss(self, logits: Tensor, labels: Tensor, packing: Packing | None = None) -> Tensor:
+        """logits (total_tokens, 2), labels (batch, 2) start/end token positions within each sequence ->
+        the mean of the start and end cross-entropies, as transformers' ``XxxForQuestionAnswering``."""
+        if packing is None:
+            raise ValueError("QuestionAnsweringHead.loss needs the batch's packing")
+        # (batch, longest): padding at -inf has no probability, so the softmax is over each sequence's own tokens
+        start, end = (torch.nn.utils.rnn.pad_sequence(list(logits[:, j].float().split(packing.lengths)),
+                                                      batch_first=True, padding_value=float("-inf")) for j in (0, 1))
+        return (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
 
 
 def build_head(encoder: BertModel, task: str, num_labels: int) -> SequenceClassifier | TokenClassifier:

@@ -3,6 +3,7 @@
 POST /v1/embeddings  OpenAI-compatible sentence embeddings (float lists or base64 little-endian float32)
 POST /v1/classify    sequence classification / multilabel / regression, optionally of text pairs
 POST /v1/ner         word tags and entity spans
+POST /v1/qa          extractive question answering: answer spans of questions in their contexts
 POST /v1/fill-mask   top-k fillers of each [MASK]
 GET  /v1/models (OpenAI's list: the one model served), /healthz, /metrics (Prometheus), /docs (OpenAPI UI)
 
@@ -32,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bertkit.errors import BertkitError
+from bertkit.qa_model import QAModel
 from bertkit.serve.batcher import BatcherClosed, MicroBatcher, QueueFull, RequestTimeout
 from bertkit.serve.config import ServerConfig
 from bertkit.serve.docs import add_docs
@@ -44,7 +46,7 @@ from bertkit.serve.service import Service
 
 log = logging.getLogger("bertkit")
 
-API_ENDPOINTS = ("/v1/embeddings", "/v1/classify", "/v1/ner", "/v1/fill-mask")
+API_ENDPOINTS = ("/v1/embeddings", "/v1/classify", "/v1/ner", "/v1/qa", "/v1/fill-mask")
 ENDPOINTS = (*API_ENDPOINTS, "/v1/models", "/healthz", "/metrics")
 
 
@@ -153,6 +155,20 @@ class NerRequest(_Body):
         return _check_texts(value, words=True)
 
 
+class QARequest(_Body):
+    question: str | list[str]
+    context: str | list[str] = Field(description="the texts to answer from, the same shape as question; long "
+                                                 "ones are read in overlapping windows")
+    top_k: Annotated[int, Field(ge=1, le=20)] = 1
+    null_threshold: float | None = Field(None, description="answer \"\" when no answer beats the best span by "
+                                                           "this (SQuAD v2); default: the model's")
+
+    @field_validator("question", "context", mode="before")
+    @classmethod
+    def _texts(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_texts(value, info.field_name)
+
+
 class FillMaskRequest(_Body):
     input: str | list[str]
     top_k: Annotated[int, Field(ge=1, le=50)] = 5
@@ -167,7 +183,7 @@ class FillMaskRequest(_Body):
 def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     metrics = Metrics()
-    runs = {"embeddings": service.embed, "classify": service.classify, "ner": service.ner,
+    runs = {"embeddings": service.embed, "classify": service.classify, "ner": service.ner, "qa": service.qa,
             "fill-mask": service.fill}
     batchers = {cap: MicroBatcher(cap, runs[cap], config.max_batch_tokens, config.max_wait_ms,
                                   enabled=config.batching, metrics=metrics, slice_tokens=config.slice_tokens,
@@ -331,6 +347,26 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
         preds = await infer("ner", words, counts)
         return {"data": [{"index": i, **p} for i, p in enumerate(preds)], "model": service.name,
                 "usage": usage(counts)}
+
+    @app.post("/v1/qa")
+    async def qa(body: QARequest) -> dict[str, Any]:
+        """Answers {"answer", "score", "start", "end" (characters of the context, end exclusive)} of each question
+        ("answers": a list of them with top_k > 1); contexts longer than max_length are read in windows."""
+        check_model(body.model)
+        require("qa")
+        questions, contexts = texts_of(body.question), texts_of(body.context)
+        if isinstance(body.question, str) != isinstance(body.context, str) or len(questions) != len(contexts):
+            raise APIError(422, f"context must have the shape of question ({len(questions)} questions), got "
+                                f"{len(contexts)}", "context", "invalid_value")
+        assert isinstance(service.task_model, QAModel)
+        try:  # contexts are read in windows, never truncated; a question must leave room for them
+            counts = await run_in_threadpool(service.task_model.token_counts, questions, contexts)
+        except ValueError as e:
+            raise APIError(422, str(e), "question", "invalid_value") from None
+        preds = await infer("qa", list(zip(questions, contexts, strict=True)), counts, top_k=body.top_k,
+                            null_threshold=body.null_threshold)
+        data = [{"index": i, **p} if body.top_k == 1 else {"index": i, "answers": p} for i, p in enumerate(preds)]
+        return {"data": data, "model": service.name, "usage": usage(counts)}
 
     @app.post("/v1/fill-mask")
     async def fill_mask(body: FillMaskRequest) -> dict[str, Any]:

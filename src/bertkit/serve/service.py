@@ -4,6 +4,7 @@ embeddings  always: the encoder with the model's own pooling, Dense, Normalize a
             own encoder: mean pooling)
 classify    sequence task models: classification, pair-classification, multilabel, regression
 ner         token-classification task models
+qa          extractive question-answering models (``QAModel``)
 fill-mask   checkpoints with a trained MLM head (the family's XxxForMaskedLM layout)
 
 Weights are read once: a task model's embeddings run its own encoder module, and the MLM head of a
@@ -27,11 +28,12 @@ from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import EngineOptions
 from bertkit.loader import encoder_of, inspect, load, load_task_model
 from bertkit.model.mlm import MaskedLM, has_mlm_head
+from bertkit.qa_model import QAModel
 from bertkit.task_model import TaskModel
 
 log = logging.getLogger("bertkit")
 
-CAPABILITIES = ("embeddings", "classify", "ner", "fill-mask")
+CAPABILITIES = ("embeddings", "classify", "ner", "qa", "fill-mask")
 SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regression")
 
 
@@ -39,7 +41,7 @@ SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regres
 class Service:
     name: str
     encoder: Encoder
-    task_model: TaskModel | None = None
+    task_model: TaskModel | QAModel | None = None
     fill_mask: FillMask | None = None
     pooling: str | None = None  # None: the model's own
 
@@ -69,6 +71,8 @@ class Service:
                     f"`bertkit finetune`")
         if capability == "ner" and task != "ner":
             return f"model {self.name} has no token-classification (ner) head"
+        if capability == "qa" and task != "qa":
+            return f"model {self.name} has no question-answering head; fine-tune one with `bertkit finetune --task qa`"
         if capability == "fill-mask" and self.fill_mask is None:
             return f"model {self.name} has no trained MLM head (it is not a BertForMaskedLM checkpoint)"
         return None
@@ -99,6 +103,12 @@ class Service:
     def ner(self, words: list[list[str]]) -> list[dict[str, Any]]:
         assert self.task_model is not None
         return self.task_model.predict(words)
+
+    def qa(self, items: list[tuple[str, str]], top_k: int = 1,
+           null_threshold: float | None = None) -> list[Any]:
+        assert isinstance(self.task_model, QAModel)
+        return self.task_model.predict([q for q, _ in items], [c for _, c in items], top_k=top_k,
+                                       null_threshold=null_threshold)
 
     def fill(self, texts: list[str], top_k: int) -> list[list[list[dict[str, Any]]]]:
         assert self.fill_mask is not None

@@ -85,6 +85,9 @@ class FinetuneConfig(DataConfig):
     reinit_layers: int = 0  # re-initialise the top k encoder layers (and the pooler)
     freeze_embeddings: bool = False
     freeze_layers: int = 0  # freeze the bottom k encoder layers
+    doc_stride: int = 128  # qa: tokens consecutive context windows share
+    max_answer_length: int = 15  # qa: longest answer, in tokens
+    null_threshold: float | None = None  # qa: answer "" when no-answer beats the best span by this (v2-style data)
     training: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -224,6 +227,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     if config is not None and settings:
         raise ValueError("pass either config= or keyword settings, not both")
     cfg.training.validate()
+    if cfg.task == "qa":
+        from bertkit.train.finetune_qa import finetune_qa  # question answering has its own data and model
+
+        return finetune_qa(output_dir, cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
     check_task(cfg.task)
     # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])

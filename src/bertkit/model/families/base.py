@@ -7,8 +7,9 @@ Every family module (``bert.py``, ``roberta.py``, ...) builds one ``Family``:
 ``to_hf``         ``EncoderConfig`` -> the family's config.json keys (``extra`` is added back by the caller)
 ``encoder_keys``  HF key -> (our parameter, row slice or None) for the base model (``XxxModel``), asserted
                   against the model's own state dict on every load and save (``weights.py``)
-``sequence``, ``token``, ``mlm``  how the family's ``XxxForSequenceClassification``,
-                  ``XxxForTokenClassification`` and ``XxxForMaskedLM`` heads are laid out (names, activations)
+``sequence``, ``token``, ``qa``, ``mlm``  how the family's ``XxxForSequenceClassification``,
+                  ``XxxForTokenClassification``, ``XxxForQuestionAnswering`` and ``XxxForMaskedLM`` heads are laid
+                  out (names, activations)
 ``classes``       model_type -> role -> the transformers class name written to ``architectures``
 ``prefix``        the base model's prefix inside task checkpoints (``roberta.``, ``deberta.``, ``model.`` ...)
 """
@@ -23,7 +24,7 @@ from bertkit.errors import ConfigError
 from bertkit.model.config import EncoderConfig
 
 KeyMap = dict[str, tuple[str, slice | None]]  # HF key -> (our key, row slice of our tensor or None)
-ROLES = ("encoder", "sequence", "token", "mlm", "pretraining")
+ROLES = ("encoder", "sequence", "token", "qa", "mlm", "pretraining")
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,15 @@ class MLMSpec:
 
 # Every family but ModernBERT: dropout, then one Linear named "classifier" on each token's state.
 TOKEN_CLASSIFIER = ClassifierSpec(out="classifier", pooling="token")
+# Every family but ModernBERT: one Linear(hidden, 2) named "qa_outputs" (start, end logits) on each token's state.
+QA_OUTPUTS = ClassifierSpec(out="qa_outputs", pooling="token")
 
 
 def hf_classes(name: str, **more: str) -> dict[str, str]:
     """transformers' class names of a family, by role: ``hf_classes("Bert", pretraining="BertForPreTraining")``."""
     return {"encoder": f"{name}Model", "sequence": f"{name}ForSequenceClassification",
-            "token": f"{name}ForTokenClassification", "mlm": f"{name}ForMaskedLM", **more}
+            "token": f"{name}ForTokenClassification", "qa": f"{name}ForQuestionAnswering",
+            "mlm": f"{name}ForMaskedLM", **more}
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Family:
     sequence: ClassifierSpec
     mlm: MLMSpec
     token: ClassifierSpec = TOKEN_CLASSIFIER
+    qa: ClassifierSpec = QA_OUTPUTS
     extra_heads: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> {HF name: ours} (ELECTRA's)
 
     def architecture(self, model_type: str, role: str) -> str:

@@ -123,6 +123,8 @@ FAMILY = Family(
                             dense_bias="config:classifier_bias:False"),
     token=ClassifierSpec(dense="head.dense", activation="config:classifier_activation:gelu", norm="head.norm",
                          out="classifier", pooling="token", dense_bias="config:classifier_bias:False"),
+    qa=ClassifierSpec(dense="head.dense", activation="config:classifier_activation:gelu", norm="head.norm",
+                      out="classifier", pooling="token", dense_bias="config:classifier_bias:False"),
     mlm=MLMSpec(dense="head.dense", norm="head.norm", bias="decoder.bias", decoder="decoder.weight",
                 activation="config:classifier_activation:gelu", dense_bias="config:classifier_bias:False",
                 has_bias="config:decoder_bias:True"),
