@@ -14,6 +14,7 @@ from bertkit.cli import (
     embed,
     evaluate,
     evaluate_retrieval,
+    explain,
     export,
     fill_mask,
     finetune,
@@ -34,7 +35,7 @@ COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": eval
             "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
             "fill-mask": fill_mask, "score": score, "serve": serve,
             "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill,
-            "compress": compress}
+            "compress": compress, "explain": explain}
 
 
 def build_parser() -> argparse.ArgumentParser:
