@@ -7,6 +7,7 @@ import copy
 import html
 import math
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -222,3 +223,19 @@ def test_html_view_escapes_and_colours(minilm_classifier, one_thread):
     assert shown == text  # the tokens' spans (and the spaces between them) show the text itself
     assert page.count("rgba(214,39,40") + page.count("rgba(31,119,180") >= len(e.tokens) - 2
     assert "[CLS]" in page and e.target in page
+
+
+def test_inference_in_another_thread_is_untouched(minilm_classifier, one_thread):
+    """The server explains in a worker thread while its batcher runs the same module: the forward hook swaps the
+    embeddings of the explanation's own ids only, and grad mode is per thread."""
+    tm = minilm_classifier
+    ref = tm.predict(MINILM_TEXTS)
+    want = explain(tm, MINILM_TEXTS, n_steps=30)
+    got, preds = [], []
+    worker = threading.Thread(target=lambda: got.extend(explain(tm, MINILM_TEXTS, n_steps=30)))
+    worker.start()
+    while worker.is_alive() or not preds:
+        preds.append(tm.predict(MINILM_TEXTS))
+    worker.join()
+    assert len(preds) > 1 and all(p == ref for p in preds)
+    assert [e.scores for e in got] == [e.scores for e in want]
