@@ -165,6 +165,11 @@ def test_refuses_what_it_cannot_explain(minilm_classifier, tmp_path):
     int8.engine = Engine(EngineOptions(int8=True))
     with pytest.raises(ConfigError, match=r"fp32.*int8"):
         explain(int8, ["a text"])
+    quantized = TaskModel(copy.deepcopy(minilm_classifier.model), minilm_classifier.tokenizer, "classification",
+                          minilm_classifier.labels, 64)
+    quantized.model.classifier.register_buffer("qweight", torch.zeros(3, 384, dtype=torch.int8))
+    with pytest.raises(ConfigError, match="quantized"):
+        explain(quantized, ["a text"])
     with pytest.raises(TypeError, match="list of texts"):
         explain(minilm_classifier, "a text")
     with pytest.raises(ConfigError, match="n_steps"):
@@ -239,3 +244,16 @@ def test_inference_in_another_thread_is_untouched(minilm_classifier, one_thread)
     worker.join()
     assert len(preds) > 1 and all(p == ref for p in preds)
     assert [e.scores for e in got] == [e.scores for e in want]
+
+
+@pytest.mark.parametrize("variant", ["bert", "roberta", "deberta-v3"])  # WordPiece, byte-level BPE, SentencePiece
+def test_word_scores_sum_the_pieces_of_each_word(variant, tmp_path, one_thread):
+    tm = task_model(variant, tmp_path, task="pair-classification", labels=("no", "yes"))
+    text, pair = "Café naïve façade, unbelievably", "a  second   text"
+    e = explain(tm, [text], [pair], n_steps=4)[0]
+    words = e.word_scores()
+    assert [w["word"] for w in words] == text.split() + pair.split()
+    assert [w["sequence"] for w in words] == [0] * 4 + [1] * 3
+    assert all((text, pair)[w["sequence"]][w["start"]:w["end"]] == w["word"] for w in words)
+    assert len(e.tokens) > len(words) + 4  # the tiny vocabularies split words into several pieces
+    assert math.isclose(sum(w["score"] for w in words), sum(e.scores), rel_tol=1e-9, abs_tol=1e-12)

@@ -26,8 +26,10 @@ Explanations need the float torch model: an int8, bf16 / fp16 or ONNX engine is 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ from bertkit.task_model import TaskModel
 
 METHODS = ("gausslegendre", "riemann_trapezoid")
 DEFAULT_STEPS = 50
+_NON_SPACE = re.compile(r"\S")
 SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regression")
 # Tokens per forward + backward when batch_size is not given: the backward keeps every layer's activations (and
 # attention scores) of the whole pass, several times what an inference batch of the same size holds.
@@ -70,11 +73,33 @@ class Explanation:
     n_steps: int
     method: str
 
+    def word_scores(self) -> list[dict[str, Any]]:
+        """The scores of sub-word tokens summed per word (a run of non-space characters of the text or pair):
+        ``[{"word", "sequence", "start", "end", "score"}]`` in order. A token of spaces alone (byte-level BPE's
+        "Ġ") counts for the word after it, as its space would prefix that word. The template's tokens are left
+        out; so are words truncation cut off."""
+        texts = (self.text, self.text_pair or "")
+        words = [[(m.start(), m.end()) for m in re.finditer(r"\S+", t)] for t in texts]
+        starts = [[a for a, _ in w] for w in words]
+        merged: dict[tuple[int, int], float] = {}
+        for (a, _, seq), score in zip(self.spans, self.scores, strict=True):
+            if seq is None:
+                continue
+            if not words[seq]:
+                continue
+            after = _NON_SPACE.search(texts[seq], a)  # the token's first character that is not a space
+            j = bisect.bisect_right(starts[seq], after.start()) - 1 if after else len(words[seq]) - 1
+            merged[seq, j] = merged.get((seq, j), 0.0) + score
+        return [{"word": texts[seq][words[seq][j][0]:words[seq][j][1]], "sequence": seq, "start": words[seq][j][0],
+                 "end": words[seq][j][1], "score": score} for (seq, j), score in merged.items()]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: target, tokens, offsets ([start, end, sequence]), scores, logit, baseline_logit, delta."""
+        """JSON-ready: target, tokens, offsets ([start, end, sequence]), scores, words (``word_scores``), logit,
+        baseline_logit, delta, steps, method."""
         return {"target": self.target, "tokens": self.tokens, "offsets": [list(s) for s in self.spans],
-                "scores": self.scores, "logit": self.logit, "baseline_logit": self.baseline_logit,
-                "delta": self.delta, "steps": self.n_steps, "method": self.method}
+                "scores": self.scores, "words": self.word_scores(), "logit": self.logit,
+                "baseline_logit": self.baseline_logit, "delta": self.delta, "steps": self.n_steps,
+                "method": self.method}
 
 
 def why_not_explainable(model: TaskModel) -> str | None:
@@ -87,6 +112,9 @@ def why_not_explainable(model: TaskModel) -> str | None:
     if model.engine.precision != "fp32":
         return (f"explanations need the float (fp32) model, this one runs {model.engine.precision}: load it without "
                 f"--int8 / --dtype")
+    if any(not b.is_floating_point() for b in model.model.buffers()):  # a float model has no integer tensors
+        return ("explanations need float weights; this model holds quantized (integer) ones, as a compressed "
+                "checkpoint does: explain the float model it was compressed from")
     return None
 
 
@@ -147,7 +175,8 @@ def explain(model: TaskModel, texts: Sequence[str], pairs: Sequence[str] | None 
             target: str | int | None = None, n_steps: int = DEFAULT_STEPS, method: str = "gausslegendre",
             batch_size: int | None = None) -> list[Explanation]:
     """Integrated-gradients attributions of each text (or text pair) to ``target`` (a label name or id; None: the
-    label the model predicts for that input; regression: the score), in input order.
+    label the model predicts for that input, for multilabel the most probable one; regression: the score), in
+    input order.
 
     n_steps: quadrature points; batch_size: interpolation points per forward + backward (default: as many as fit
     in ``MAX_PASS_TOKENS`` tokens). Inputs are truncated to the model's max_length, as ``predict`` truncates them.

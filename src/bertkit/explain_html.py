@@ -58,11 +58,13 @@ def _tokens(e: Explanation, top: float) -> str:
     texts = (e.text, e.text_pair or "")
     end: dict[int, int] = {}  # sequence -> where its last shown token ended
     for token, (a, b, seq), score in zip(e.tokens, e.spans, e.scores, strict=True):
-        tip = html.escape(f"{token}: {score:+.4f}", quote=True)
         if seq is None:
+            tip = html.escape(f"{token}: {score:+.4f}", quote=True)
             out.append(f"<span class=\"sp\" title=\"{tip}\">{html.escape(token)}</span>")
             continue
         source, last = texts[seq], end.get(seq)
+        # the characters the token covers (a byte-level piece's vocabulary string, "Ã", says less), then its score
+        tip = html.escape(f"{source[a:b] or token}: {score:+.4f}", quote=True)
         if last is not None and a > last:
             out.append(html.escape(source[last:a]))
         shown = source[max(a, last or 0):b]

@@ -29,7 +29,7 @@ def test_jsonl_and_html(classifier_dir, tmp_path, capsys, one_thread):
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in rows] == TEXTS
     for r in rows:
-        assert {"text", "label", "probabilities", "target", "tokens", "scores", "offsets", "delta", "logit",
+        assert {"text", "label", "probabilities", "target", "tokens", "scores", "offsets", "words", "delta", "logit",
                 "baseline_logit"} <= set(r)
         assert r["target"] == r["label"] and len(r["tokens"]) == len(r["scores"]) == len(r["offsets"])
         assert abs(sum(r["scores"]) - (r["logit"] - r["baseline_logit"]) - r["delta"]) < 1e-9
@@ -43,6 +43,18 @@ def test_jsonl_and_html(classifier_dir, tmp_path, capsys, one_thread):
     assert main(["explain", str(classifier_dir), "-i", str(src), "-o", str(out), "--target", "neg",
                  "--steps", "4"]) == 0
     assert {json.loads(line)["target"] for line in out.read_text(encoding="utf-8").splitlines()} == {"neg"}
+
+
+def test_warns_when_steps_are_too_few(tmp_path, caplog, one_thread):
+    """DeBERTa-v3's pad baseline needs many steps (tests/test_explain.py): 2 steps miss completeness, and the
+    command says so."""
+    d = tmp_path / "deberta"
+    task_model("deberta-v3", d)
+    src = tmp_path / "in.txt"
+    src.write_text("Stocks fell sharply after the central bank raised interest rates again\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="bertkit"):
+        assert main(["explain", str(d), "-i", str(src), "-o", str(tmp_path / "o.jsonl"), "--steps", "2"]) == 0
+    assert "more --steps" in caplog.text
 
 
 def test_pairs(tmp_path, capsys, one_thread):

@@ -4,13 +4,15 @@ gradients, ``bertkit.explain``) of a sequence task model's predictions.
 Input as ``bertkit predict`` reads it: .txt (one text per line), .jsonl (fields ``text``, ``text_pair``), .csv/.tsv.
 Output: one JSON object per input, in order: ``text`` (``text_pair``), the prediction (``label`` and
 ``probabilities``; multilabel ``labels``; regression ``score``), ``target``, ``tokens``, ``offsets``, ``scores``,
-``logit``, ``baseline_logit``, ``delta``; and optionally an HTML page colouring the tokens. Both written atomically.
+``words`` (per-word sums), ``logit``, ``baseline_logit``, ``delta``; and optionally an HTML page colouring the
+tokens. Both written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from bertkit.data.text_files import read_text_pairs
@@ -19,6 +21,10 @@ from bertkit.explain_html import render
 from bertkit.loader import inspect, load_task_model
 from bertkit.utils.atomic import atomic_path, atomic_write_text
 from bertkit.utils.output_paths import OutputPathError, check_output_file
+
+log = logging.getLogger("bertkit")
+
+GAP_WARNING = 0.05  # |delta| above this fraction of |F(x) - F(x')| is worth a warning
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(page, render(list(zip(explanations, preds, strict=True)),
                                        title=f"bertkit explain: {Path(args.model_dir).name}"))
     worst = max((abs(e.delta) for e in explanations), default=0.0)
+    loose = [i for i, e in enumerate(explanations) if abs(e.delta) > GAP_WARNING * abs(e.logit - e.baseline_logit)
+             and abs(e.delta) > 1e-6]
+    if loose:
+        log.warning("%d of %d explanations (first: input %d) miss completeness by more than %d%% of their logit "
+                    "difference (|delta|); more --steps integrate more accurately", len(loose), len(explanations),
+                    loose[0], round(GAP_WARNING * 100))
     print(f"{len(explanations)} explanations ({args.steps} {args.method} steps; largest |delta| {worst:.2g}) -> "
           f"{out}" + (f", {page}" if page is not None else ""))
     return 0
