@@ -40,15 +40,16 @@ from torch import Tensor, nn
 
 from bertkit.data.batch import pack
 from bertkit.errors import ConfigError
+from bertkit.model.heads import PROBLEM_TYPE
 from bertkit.task_model import TaskModel
 
 METHODS = ("gausslegendre", "riemann_trapezoid")
 DEFAULT_STEPS = 50
-_NON_SPACE = re.compile(r"\S")
-SEQUENCE_TASKS = ("classification", "pair-classification", "multilabel", "regression")
+SEQUENCE_TASKS = tuple(task for task in PROBLEM_TYPE if task != "ner")  # what a SequenceClassifier head does
 # Tokens per forward + backward when batch_size is not given: the backward keeps every layer's activations (and
 # attention scores) of the whole pass, several times what an inference batch of the same size holds.
 MAX_PASS_TOKENS = 4096
+_NON_SPACE = re.compile(r"\S")
 
 
 @dataclass
