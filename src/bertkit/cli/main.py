@@ -15,6 +15,7 @@ from bertkit.cli import (
     embed,
     evaluate,
     evaluate_retrieval,
+    explain,
     export,
     fill_mask,
     finetune,
@@ -36,7 +37,7 @@ COMMANDS = {"info": info, "embed": embed, "finetune": finetune, "evaluate": eval
             "evaluate-retrieval": evaluate_retrieval, "index": index, "export": export,
             "fill-mask": fill_mask, "score": score, "serve": serve,
             "train-embeddings": train_embeddings, "train-reranker": train_reranker, "distill": distill,
-            "compress": compress, "merge": merge, "classify-prompt": classify_prompt}
+            "compress": compress, "merge": merge, "classify-prompt": classify_prompt, "explain": explain}
 
 
 def build_parser() -> argparse.ArgumentParser:

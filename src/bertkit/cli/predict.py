@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.tasks import read_task_file
-from bertkit.data.text_files import read_texts
+from bertkit.data.text_files import read_text_pairs, read_texts
 from bertkit.errors import InputFileError
 from bertkit.loader import load_task_model
 from bertkit.utils.atomic import atomic_path
@@ -44,13 +44,7 @@ def read_inputs(path: Path, task: str, text_column: str | None, pair_column: str
         if suffix == ".jsonl":
             return _jsonl_words(path, text_column or "tokens"), None
         return [t.split() for t in read_texts(path, text_column)], None
-    texts = read_texts(path, text_column)
-    pairs = None
-    if task == "pair-classification":
-        if suffix == ".txt":
-            raise InputFileError(path, "a pair model needs two texts per row: use .jsonl/.csv/.tsv")
-        pairs = read_texts(path, pair_column or "text_pair")
-    return texts, pairs
+    return read_text_pairs(path, task == "pair-classification", text_column, pair_column)
 
 
 def _jsonl_words(path: Path, field: str) -> list[list[str]]:

@@ -66,6 +66,19 @@ def read_texts(path: str | os.PathLike[str], text_column: str | None = None) -> 
     return texts
 
 
+def read_text_pairs(path: str | os.PathLike[str], paired: bool, text_column: str | None = None,
+                    pair_column: str | None = None) -> tuple[list[str], list[str] | None]:
+    """The texts of one input file, and their second texts (column ``pair_column``, default ``text_pair``) when
+    ``paired``: what ``bertkit predict`` and ``bertkit explain`` read for a sequence task model."""
+    path = Path(path)
+    texts = read_texts(path, text_column)
+    if not paired:
+        return texts, None
+    if path.suffix.lower() == ".txt":
+        raise InputFileError(path, "a pair model needs two texts per row: use .jsonl/.csv/.tsv")
+    return texts, read_texts(path, pair_column or "text_pair")
+
+
 def json_object(path: Path, line: str, n: int) -> dict:
     """One JSONL line as a dict, or an InputFileError naming file and line."""
     try:

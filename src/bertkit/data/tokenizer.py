@@ -236,6 +236,12 @@ class Tokenizer:
 
         Pairs are truncated longest-first, as transformers' ``truncation=True`` does.
         """
+        encs = self._encodings(texts, pairs, max_length)
+        n_trunc = sum(1 for e in encs if e.overflowing)
+        return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc)
+
+    def _encodings(self, texts: list[str], pairs: list[str] | None, max_length: int) -> list[Any]:
+        """The backend's encodings of texts (or pairs), checked and truncated as ``encode`` documents."""
         for name, seq in (("texts", texts), ("pairs", pairs or [])):
             for i, t in enumerate(seq):
                 if not isinstance(t, str):
@@ -247,11 +253,9 @@ class Tokenizer:
         with self._lock:
             self._tok.enable_truncation(max_length, strategy="longest_first")
             try:
-                encs = self._tok.encode_batch(inputs)
+                return self._tok.encode_batch(inputs)
             finally:
                 self._tok.no_truncation()
-        n_trunc = sum(1 for e in encs if e.overflowing)
-        return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc)
 
     def encode_words(self, words: list[list[str]], max_length: int = 512) -> tuple[Batch, list[list[int | None]]]:
         """Tokenize pre-split words (NER); also return, per token, the index of its word (None for specials).
@@ -275,6 +279,15 @@ class Tokenizer:
                 self._words_tok.no_truncation()
         n_trunc = sum(1 for e in encs if e.overflowing)
         return Batch([e.ids for e in encs], [e.type_ids for e in encs], n_trunc), [e.word_ids for e in encs]
+
+    def encode_spans(self, texts: list[str], pairs: list[str] | None = None, max_length: int = 512
+                     ) -> tuple[Batch, list[list[tuple[int, int, int | None]]]]:
+        """``encode``, plus where each token came from: ``(start, end, sequence)`` character offsets into text
+        (``sequence`` 0) or its pair (1); ``sequence`` None for the tokens the template adds ([CLS], [SEP], ...)."""
+        encs = self._encodings(texts, pairs, max_length)
+        batch = Batch([e.ids for e in encs], [e.type_ids for e in encs], sum(1 for e in encs if e.overflowing))
+        spans = [[(a, b, s) for (a, b), s in zip(e.offsets, e.sequence_ids, strict=True)] for e in encs]
+        return batch, spans
 
     def encode_plain(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text without special tokens and untruncated: pretraining packs documents itself."""

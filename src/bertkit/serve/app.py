@@ -38,6 +38,7 @@ from bertkit.serve.batcher import BatcherClosed, MicroBatcher, QueueFull, Reques
 from bertkit.serve.config import ServerConfig
 from bertkit.serve.docs import add_docs
 from bertkit.serve.errors import APIError, error_response
+from bertkit.serve.explain import MAX_STEPS, check_explain, with_explanations
 from bertkit.serve.metrics import Metrics
 from bertkit.serve.middleware import ApiKey, BodyCheck, Observe
 from bertkit.serve.openapi import document_limits
@@ -138,6 +139,10 @@ class EmbeddingsRequest(_Body):
 class ClassifyRequest(_Body):
     input: str | list[str]
     text_pair: str | list[str] | None = Field(None, description="second texts, the same shape as input")
+    explain: bool = Field(False, description="also return token attributions (integrated gradients); costs "
+                                             "explain_steps x tokens of max_request_tokens, runs one at a time")
+    explain_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = Field(None, description="default 50")
+    explain_target: str | None = Field(None, description="the label to explain (default: the predicted one)")
 
     @field_validator("input", "text_pair", mode="before")
     @classmethod
@@ -328,8 +333,14 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
                            "invalid_value")
         counts = fit(await run_in_threadpool(service.count_tokens, texts, pairs), body.truncate,
                      isinstance(body.input, str))
+        explaining = body.explain or body.explain_steps is not None or body.explain_target is not None
+        steps = check_explain(service, config, body.explain, body.explain_steps, body.explain_target,
+                              counts) if explaining else 0
         items = list(zip(texts, pairs or [None] * len(texts), strict=True))
         preds = await infer("classify", items, counts, paired=pairs is not None)
+        if explaining:
+            preds = with_explanations(preds, await run_in_threadpool(service.explain, texts, pairs,
+                                                                     body.explain_target, steps))
         return {"data": [{"index": i, **p} for i, p in enumerate(preds)], "model": service.name,
                 "usage": usage(counts)}
 

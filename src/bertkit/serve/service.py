@@ -14,8 +14,9 @@ masked-LM checkpoint sits on the encoder that ``bertkit.loader.load`` loaded.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError
+from bertkit.explain import explain
 from bertkit.fill_mask import FillMask
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import EngineOptions
@@ -44,6 +46,7 @@ class Service:
     task_model: TaskModel | QAModel | None = None
     fill_mask: FillMask | None = None
     pooling: str | None = None  # None: the model's own
+    explain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def max_length(self) -> int:
@@ -99,6 +102,13 @@ class Service:
         texts = [a for a, _ in items]
         pairs = [str(b) for _, b in items] if paired else None
         return self.task_model.predict(texts, pairs)
+
+    def explain(self, texts: list[str], pairs: list[str] | None, target: str | None, steps: int
+                ) -> list[dict[str, Any]]:
+        """Token attributions (``bertkit.explain``), one request at a time, outside the batcher."""
+        assert self.task_model is not None
+        with self.explain_lock:
+            return [e.to_dict() for e in explain(self.task_model, texts, pairs, target, steps)]
 
     def ner(self, words: list[list[str]]) -> list[dict[str, Any]]:
         assert self.task_model is not None
