@@ -186,9 +186,9 @@ class TaskModel:
                  gold: TaskData | None = None) -> dict[str, float]:
         """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
         if isinstance(data, TaskData):
-            gold, feats = data, self.featurize(data)
             if self.task == "ner":
-                resolve_scheme(self.scheme, gold)  # gold tags that break the model's scheme: an error naming them
+                resolve_scheme(self.scheme, data)  # gold tags that break the model's scheme: an error naming them
+            gold, feats = data, self.featurize(data)
         else:
             feats = data
         if gold is None:

@@ -97,7 +97,8 @@ def test_decoding_matches_seqeval(tags):
     ([["NOUN", "VERB", "O"]], "plain"),
     ([["O", "O"]], "bio"),
     ([["I-PER", "B-PER"], ["I-LOC"]], "iob1"),  # B- only after its own type: IOB1 fits both sentences
-    ([["B-PER", "I-PER"], ["I-LOC"]], "bio"),  # neither fits: bio, whose validation then names I-LOC
+    ([["B-PER", "I-PER"], ["I-LOC"]], "bio"),  # one sentence each: bio, whose validation then names I-LOC
+    ([["B-PER", "I-PER"], ["I-LOC"], ["I-PER", "O"]], "iob1"),  # the majority's scheme
 ])
 def test_detect(sequences, scheme):
     assert detect_scheme(sequences) == scheme

@@ -112,8 +112,8 @@ def is_valid(tags: Sequence[str], scheme: str) -> bool:
 
 def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
     """The scheme the tags are written in: ``plain`` when some tag has no ``X-`` prefix (other than ``O``),
-    ``bilou`` with ``L-``/``U-``, ``bioes`` with ``E-``/``S-``, else ``bio`` unless only ``iob1`` fits (an entity
-    opened by ``I-``). Ambiguous data (all ``O``) is ``bio``. The caller validates and logs the result."""
+    ``bilou`` with ``L-``/``U-``, ``bioes`` with ``E-``/``S-``, else ``bio`` or ``iob1``, whichever more sentences
+    are valid in (``bio`` on a tie, e.g. all ``O``). The caller validates and logs the result."""
     seqs = [list(s) for s in sequences]
     prefixes = {split_tag(t)[0] for s in seqs for t in s}
     if "" in prefixes:
@@ -122,9 +122,10 @@ def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
         return "bilou"
     if prefixes & {"E", "S"}:
         return "bioes"
-    if all(is_valid(s, "bio") for s in seqs):
-        return "bio"
-    return "iob1" if all(is_valid(s, "iob1") for s in seqs) else "bio"
+    # B-/I- only: the scheme more sentences are valid in (bio on a tie), so that validation then names the
+    # sentences that break the majority's scheme
+    fits_bio = sum(is_valid(s, "bio") for s in seqs)
+    return "bio" if fits_bio >= sum(is_valid(s, "iob1") for s in seqs) else "iob1"
 
 
 def resolve_scheme(scheme: str, *datasets: TaskData | None) -> str:
