@@ -96,9 +96,10 @@ class Service:
         pairs = [str(b) for _, b in items] if paired else None
         return self.task_model.predict(texts, pairs)
 
-    def ner(self, words: list[list[str]]) -> list[dict[str, Any]]:
+    def ner(self, words: list[list[str]] | list[str], aggregation_strategy: str | None = None) -> list[dict[str, Any]]:
+        """Word lists -> word tags; raw texts with an aggregation strategy -> entities with character offsets."""
         assert self.task_model is not None
-        return self.task_model.predict(words)
+        return self.task_model.predict(words, aggregation_strategy=aggregation_strategy)
 
     def fill(self, texts: list[str], top_k: int) -> list[list[list[dict[str, Any]]]]:
         assert self.fill_mask is not None
