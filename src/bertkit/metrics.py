@@ -9,11 +9,10 @@ starts one); plain tags: token accuracy and per-tag precision, recall and F1 (``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
-
-from bertkit.data.tag_schemes import to_spans
 
 
 def _as_arrays(y_true: Sequence, y_pred: Sequence) -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +109,60 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 # ---- tagging: entity level (span schemes) or per tag (plain) -------------------------------------------
+# prefix letters of each span scheme (bertkit.data.tag_schemes): (begin, inside, last, single)
+SCHEME_PREFIXES = {"bio": ("B", "I", None, None), "iob1": ("B", "I", None, None), "bioes": ("B", "I", "E", "S"),
+                   "bilou": ("B", "I", "L", "U")}
+_PREFIXED = re.compile(r"([BIESLU])-(\S+)")
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """``"B-PER"`` -> ``("B", "PER")``, ``"O"`` -> ``("O", "")``; a tag without a prefix -> ``("", tag)``."""
+    if tag == "O":
+        return "O", ""
+    m = _PREFIXED.fullmatch(tag)
+    return (m.group(1), m.group(2)) if m else ("", tag)
+
+
 def entity_spans(tags: Sequence[str], scheme: str = "bio") -> set[tuple[str, int, int]]:
     """Tags of one sentence -> {(type, start, end_exclusive)}; ``bio``/``iob1``: CoNLL chunking as seqeval's
-    default mode, ``bioes``/``bilou``: seqeval's strict mode (``bertkit.data.tag_schemes``)."""
-    return set(to_spans(tags, scheme))
+    default mode (a span closes unless the tag continues it, ``B-`` always opens one, so a stray ``I-X`` still
+    opens one), ``bioes``/``bilou``: seqeval's strict mode (complete ``B I* E`` / ``S`` entities only)."""
+    if scheme in ("bio", "iob1"):
+        return _conll_spans(tags)
+    if scheme not in SCHEME_PREFIXES:
+        raise ValueError(f"no entity spans in tag scheme {scheme!r}; expected one of {', '.join(SCHEME_PREFIXES)}")
+    return _strict_spans(tags, *SCHEME_PREFIXES[scheme])
+
+
+def _conll_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    spans: set[tuple[str, int, int]] = set()
+    start, kind = -1, ""
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, t = split_tag(tag)
+        if start >= 0 and not (prefix == "I" and t == kind):
+            spans.add((kind, start, i))
+            start, kind = -1, ""
+        if prefix == "B" or (prefix == "I" and start < 0):
+            start, kind = i, t
+    return spans
+
+
+def _strict_spans(tags: Sequence[str], begin: str, inside: str, last: str, single: str) -> set[tuple[str, int, int]]:
+    spans: set[tuple[str, int, int]] = set()
+    start, kind = -1, ""
+    for i, tag in enumerate(tags):
+        prefix, t = split_tag(tag)
+        if start >= 0 and t == kind and prefix in (inside, last):
+            if prefix == last:
+                spans.add((kind, start, i + 1))
+                start = -1
+            continue
+        start = -1  # an open entity not continued is broken: dropped
+        if prefix == single:
+            spans.add((t, i, i + 1))
+        elif prefix == begin:
+            start, kind = i, t
+    return spans
 
 
 def entity_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]],

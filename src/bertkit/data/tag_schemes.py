@@ -17,11 +17,11 @@ their scheme the two agree; they differ only on a model's ill-formed predictions
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from bertkit.errors import BertkitError, ConfigError
+from bertkit.metrics import SCHEME_PREFIXES, entity_spans, split_tag
 
 if TYPE_CHECKING:
     from bertkit.data.task_files import TaskData
@@ -32,12 +32,6 @@ SCHEMES = ("bio", "iob1", "bioes", "bilou", "plain")
 SPAN_SCHEMES = ("bio", "iob1", "bioes", "bilou")
 AUTO = "auto"
 Span = tuple[str, int, int]  # (type, start, end exclusive)
-
-# prefix letters of each span scheme: (begin, inside, last, single)
-_LETTERS = {"bio": ("B", "I", None, None), "iob1": ("B", "I", None, None), "bioes": ("B", "I", "E", "S"),
-            "bilou": ("B", "I", "L", "U")}
-_PREFIXED = re.compile(r"([BIESLU])-(\S+)")
-
 
 class TagSchemeError(BertkitError, ValueError):
     """Tags that break their scheme; the message names the sentence and the token."""
@@ -51,14 +45,6 @@ def check_scheme(scheme: str, allow_auto: bool = False) -> str:
     return scheme
 
 
-def split_tag(tag: str) -> tuple[str, str]:
-    """``"B-PER"`` -> ``("B", "PER")``, ``"O"`` -> ``("O", "")``; a tag without a prefix -> ``("", tag)``."""
-    if tag == "O":
-        return "O", ""
-    m = _PREFIXED.fullmatch(tag)
-    return (m.group(1), m.group(2)) if m else ("", tag)
-
-
 # ---- validation --------------------------------------------------------------------------------------------------
 def tag_problem(tags: Sequence[str], i: int, scheme: str) -> str | None:
     """What is wrong with ``tags[i]`` in ``scheme`` given its neighbours, or None."""
@@ -67,7 +53,7 @@ def tag_problem(tags: Sequence[str], i: int, scheme: str) -> str | None:
         return f"tag {tag!r} is not a tag (an empty string or one with spaces)"
     if scheme == "plain":
         return None
-    begin, inside, last, single = _LETTERS[scheme]
+    begin, inside, last, single = SCHEME_PREFIXES[scheme]
     prefix, kind = split_tag(tag)
     allowed = [p for p in (begin, inside, last, single) if p]
     if prefix not in ("O", *allowed):
@@ -159,42 +145,7 @@ def to_spans(tags: Sequence[str], scheme: str = "bio") -> list[Span]:
     check_scheme(scheme)
     if scheme == "plain":
         raise ConfigError("plain tags have no entity spans: they are scored per token")
-    if scheme in ("bio", "iob1"):
-        return _conll_spans(tags)
-    return _strict_spans(tags, *_LETTERS[scheme])
-
-
-def _conll_spans(tags: Sequence[str]) -> list[Span]:
-    # conlleval's chunking: a span closes unless the tag continues it (I-X after X), B- always opens one
-    spans: list[Span] = []
-    start, kind = -1, ""
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, t = split_tag(tag)
-        if start >= 0 and not (prefix == "I" and t == kind):
-            spans.append((kind, start, i))
-            start, kind = -1, ""
-        if prefix == "B" or (prefix == "I" and start < 0):
-            start, kind = i, t
-    return spans
-
-
-def _strict_spans(tags: Sequence[str], begin: str, inside: str, last: str, single: str) -> list[Span]:
-    # complete entities only: single-X, or begin-X inside-X* last-X
-    spans: list[Span] = []
-    start, kind = -1, ""
-    for i, tag in enumerate(tags):
-        prefix, t = split_tag(tag)
-        if start >= 0 and t == kind and prefix in (inside, last):
-            if prefix == last:
-                spans.append((kind, start, i + 1))
-                start = -1
-            continue
-        start = -1  # an open entity not continued is broken: dropped
-        if prefix == single:
-            spans.append((t, i, i + 1))
-        elif prefix == begin:
-            start, kind = i, t
-    return spans
+    return sorted(entity_spans(tags, scheme), key=lambda span: span[1])  # spans never overlap: one per start
 
 
 def from_spans(spans: Iterable[Span], length: int, scheme: str = "bio") -> list[str]:
@@ -202,7 +153,7 @@ def from_spans(spans: Iterable[Span], length: int, scheme: str = "bio") -> list[
     check_scheme(scheme)
     if scheme == "plain":
         raise ConfigError("plain tags have no entity spans to write")
-    begin, inside, last, single = _LETTERS[scheme]
+    begin, inside, last, single = SCHEME_PREFIXES[scheme]
     tags = ["O"] * length
     previous_end, previous_kind = -1, ""
     for kind, start, end in sorted(spans, key=lambda s: s[1]):
@@ -244,7 +195,7 @@ def starts_group(previous: str | None, tag: str, scheme: str) -> bool:
         (_, prev_kind), (prefix, kind) = _hf_tag(previous), _hf_tag(tag)
         return kind != prev_kind or prefix == "B"
     (prev_prefix, prev_kind), (prefix, kind) = split_tag(previous), split_tag(tag)
-    _, _, last, single = _LETTERS[scheme]
+    _, _, last, single = SCHEME_PREFIXES[scheme]
     return kind != prev_kind or prefix in ("B", single) or prev_prefix in (last, single)
 
 
