@@ -14,6 +14,7 @@ aggregation_strategy=s)`` on the same saved model, for every strategy, and count
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -98,6 +99,8 @@ def main() -> None:
               "finetune_seconds": None if train_s is None else round(train_s, 1), "test_texts": len(texts),
               "limit": args.limit, "labels": tm.labels, "scheme": tm.scheme, "max_length": tm.max_length,
               "torch_threads": torch.get_num_threads(), "strategies": results}
+    if (run / "results.json").is_file():  # how well the compared model tags (entity F1 on the test split)
+        report["model_test"] = json.loads((run / "results.json").read_text()).get("test")
     write_report(args.out, report)
     print(f"-> {args.out}")
 
