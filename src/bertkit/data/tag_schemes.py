@@ -11,7 +11,8 @@ Spans are ``(type, start, end)`` with ``end`` exclusive, in token (word) indices
 and ``iob1`` the CoNLL chunking of its default mode (conlleval: ``B-X``, or an ``I-X`` after anything but ``X``,
 starts a span, so a stray ``I-X`` is still an entity), ``bioes`` and ``bilou`` its ``mode="strict"`` (an entity
 counts only when it is complete: ``B-X I-X* E-X`` or ``S-X``; broken ones are dropped). On tags that are valid in
-their scheme the two agree; they differ only on a model's ill-formed predictions.
+their scheme the two agree; they differ only on a model's ill-formed predictions. The decoding itself lives in
+``bertkit.metrics`` (``entity_spans``), which sits below ``data`` in the layer contract and scores with it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SCHEMES = ("bio", "iob1", "bioes", "bilou", "plain")
 SPAN_SCHEMES = ("bio", "iob1", "bioes", "bilou")
 AUTO = "auto"
 Span = tuple[str, int, int]  # (type, start, end exclusive)
+
 
 class TagSchemeError(BertkitError, ValueError):
     """Tags that break their scheme; the message names the sentence and the token."""
