@@ -2,8 +2,9 @@
 
 Classification: accuracy, macro/micro F1, Matthews correlation (multi-class, as sklearn).
 Regression: Pearson and Spearman (average ranks for ties). Tagging: entity-level precision,
-recall and F1 over BIO spans, where a span counts only when its type and both boundaries match
-(seqeval's default CoNLL chunking: an ``I-X`` that does not continue an ``X`` span starts one).
+recall and F1 over the spans of a tag scheme (``bertkit.data.tag_schemes``), where a span counts only when its type
+and both boundaries match (BIO: seqeval's default CoNLL chunking, an ``I-X`` that does not continue an ``X`` span
+starts one); plain tags: token accuracy and per-tag precision, recall and F1 (``tag_scores``).
 Extractive QA: SQuAD exact match and F1 with the official script's normalisation (v2.0's, which also scores
 unanswerable questions: an empty gold answer is matched only by an empty prediction).
 """
@@ -111,14 +112,37 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(_ranks(a.astype(float)), _ranks(b.astype(float)))
 
 
-# ---- entity-level (BIO) -------------------------------------------------------------------
-def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """BIO tags of one sentence -> {(type, start, end_exclusive)}, CoNLL chunking as seqeval."""
+# ---- tagging: entity level (span schemes) or per tag (plain) -------------------------------------------
+# prefix letters of each span scheme (bertkit.data.tag_schemes): (begin, inside, last, single)
+SCHEME_PREFIXES = {"bio": ("B", "I", None, None), "iob1": ("B", "I", None, None), "bioes": ("B", "I", "E", "S"),
+                   "bilou": ("B", "I", "L", "U")}
+_PREFIXED = re.compile(r"([BIESLU])-(\S+)")
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """``"B-PER"`` -> ``("B", "PER")``, ``"O"`` -> ``("O", "")``; a tag without a prefix -> ``("", tag)``."""
+    if tag == "O":
+        return "O", ""
+    m = _PREFIXED.fullmatch(tag)
+    return (m.group(1), m.group(2)) if m else ("", tag)
+
+
+def entity_spans(tags: Sequence[str], scheme: str = "bio") -> set[tuple[str, int, int]]:
+    """Tags of one sentence -> {(type, start, end_exclusive)}; ``bio``/``iob1``: CoNLL chunking as seqeval's
+    default mode (a span closes unless the tag continues it, ``B-`` always opens one, so a stray ``I-X`` still
+    opens one), ``bioes``/``bilou``: seqeval's strict mode (complete ``B I* E`` / ``S`` entities only)."""
+    if scheme in ("bio", "iob1"):
+        return _conll_spans(tags)
+    if scheme not in SCHEME_PREFIXES:
+        raise ValueError(f"no entity spans in tag scheme {scheme!r}; expected one of {', '.join(SCHEME_PREFIXES)}")
+    return _strict_spans(tags, *SCHEME_PREFIXES[scheme])
+
+
+def _conll_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     spans: set[tuple[str, int, int]] = set()
     start, kind = -1, ""
     for i, tag in enumerate([*tags, "O"]):
-        prefix, _, t = tag.partition("-")
-        # Close the open span unless this tag continues it.
+        prefix, t = split_tag(tag)
         if start >= 0 and not (prefix == "I" and t == kind):
             spans.add((kind, start, i))
             start, kind = -1, ""
@@ -127,20 +151,67 @@ def entity_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
-def entity_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Micro precision, recall and F1 over entity spans of all sentences."""
+def _strict_spans(tags: Sequence[str], begin: str, inside: str, last: str, single: str) -> set[tuple[str, int, int]]:
+    spans: set[tuple[str, int, int]] = set()
+    start, kind = -1, ""
+    for i, tag in enumerate(tags):
+        prefix, t = split_tag(tag)
+        if start >= 0 and t == kind and prefix in (inside, last):
+            if prefix == last:
+                spans.add((kind, start, i + 1))
+                start = -1
+            continue
+        start = -1  # an open entity not continued is broken: dropped
+        if prefix == single:
+            spans.add((t, i, i + 1))
+        elif prefix == begin:
+            start, kind = i, t
+    return spans
+
+
+def entity_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]],
+                  scheme: str = "bio") -> dict[str, float]:
+    """Micro precision, recall and F1 over entity spans of all sentences; ``scheme="plain"``: ``tag_scores``."""
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(true_tags)} true sentences, {len(pred_tags)} predicted")
-    n_true = n_pred = n_hit = 0
     for i, (t, p) in enumerate(zip(true_tags, pred_tags, strict=True)):
         if len(t) != len(p):
             raise ValueError(f"sentence {i}: {len(t)} true tags, {len(p)} predicted")
-        ts, ps = entity_spans(t), entity_spans(p)
+    if scheme == "plain":
+        return tag_scores(true_tags, pred_tags)
+    n_true = n_pred = n_hit = 0
+    for t, p in zip(true_tags, pred_tags, strict=True):
+        ts, ps = entity_spans(t, scheme), entity_spans(p, scheme)
         n_true, n_pred, n_hit = n_true + len(ts), n_pred + len(ps), n_hit + len(ts & ps)
     precision = n_hit / n_pred if n_pred else 0.0
     recall = n_hit / n_true if n_true else 0.0
     f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f}
+
+
+def tag_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Per-token scores of plain tags (part of speech): ``token_accuracy``; ``precision``/``recall``/``f1``
+    micro-averaged over tags (each token has one tag on each side, so all three equal the accuracy, as sklearn's
+    micro average); ``macro_precision``/``macro_recall``/``macro_f1`` over the tags seen on either side; and
+    ``precision/TAG``, ``recall/TAG``, ``f1/TAG`` for each tag (0.0 where undefined, as sklearn's
+    zero_division=0)."""
+    t = np.array([x for s in true_tags for x in s], dtype=object)
+    p = np.array([x for s in pred_tags for x in s], dtype=object)
+    if t.shape != p.shape:
+        raise ValueError(f"{t.size} true tags, {p.size} predicted")
+    acc = accuracy(t.astype(str), p.astype(str))
+    out = {"token_accuracy": acc, "precision": acc, "recall": acc, "f1": acc}
+    per: dict[str, tuple[float, float, float]] = {}
+    for tag in sorted(set(t.tolist()) | set(p.tolist())):
+        tp = float(np.sum((t == tag) & (p == tag)))
+        n_pred, n_true = float(np.sum(p == tag)), float(np.sum(t == tag))
+        prec, rec = (tp / n_pred if n_pred else 0.0), (tp / n_true if n_true else 0.0)
+        per[tag] = (prec, rec, _f1(tp, n_pred - tp, n_true - tp))
+    for i, name in enumerate(("precision", "recall", "f1")):
+        out[f"macro_{name}"] = float(np.mean([v[i] for v in per.values()]))
+    for tag, (prec, rec, f) in per.items():
+        out.update({f"precision/{tag}": prec, f"recall/{tag}": rec, f"f1/{tag}": f})
+    return out
 
 
 # ---- extractive question answering (SQuAD) -------------------------------------------------------------------

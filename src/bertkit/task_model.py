@@ -24,11 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bertkit import metrics as M
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
+from bertkit.data.tag_schemes import check_scheme, resolve_scheme, scheme_of_labels
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.encoder import check_vocabulary, engine_options
 from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine, EngineOptions
+from bertkit.inference.token_aggregation import TokenAggregator, check_strategy
 from bertkit.model.attention import attn_implementation_of, to_grid
 from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
 from bertkit.model.heads import PROBLEM_TYPE, SequenceClassifier, TokenClassifier, build_head, strip_task_keys
@@ -55,7 +57,7 @@ MULTILABEL_THRESHOLD = 0.5
 class TaskModel:
     def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: Tokenizer, task: str,
                  labels: Sequence[str], max_length: int, directory: Path | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, scheme: str | None = None) -> None:
         self.model = head  # the encoder with its classifier (an nn.Module); ``head`` is its old name
         self.tokenizer = tokenizer
         self.task = task
@@ -65,6 +67,8 @@ class TaskModel:
         self.directory = directory
         self.engine = engine or Engine()
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
+        # ner: the tag scheme (bertkit.data.tag_schemes); without one, the one the labels are written in
+        self.scheme = check_scheme(scheme) if scheme else scheme_of_labels(self.labels) if task == "ner" else None
 
     # ---- load / save ----------------------------------------------------------------------
     @property
@@ -104,7 +108,7 @@ class TaskModel:
         eng = Engine(options)
         eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
         max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
-        model = cls(head, tokenizer, task, labels, max_length, d, eng)
+        model = cls(head, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
 
@@ -120,8 +124,10 @@ class TaskModel:
         self.model.save_pretrained(d, id2label)
         if tokenizer:
             self.tokenizer.save(d)
-        atomic_write_text(d / TASK_FILE, json.dumps({"task": self.task, "max_length": self.max_length,
-                                                     "labels": self.labels}, indent=2) + "\n")
+        meta = {"task": self.task, "max_length": self.max_length, "labels": self.labels}
+        if self.scheme:
+            meta["scheme"] = self.scheme
+        atomic_write_text(d / TASK_FILE, json.dumps(meta, indent=2) + "\n")
         return d
 
     @property
@@ -181,6 +187,8 @@ class TaskModel:
                  gold: TaskData | None = None) -> dict[str, float]:
         """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
         if isinstance(data, TaskData):
+            if self.task == "ner":
+                resolve_scheme(self.scheme, data)  # gold tags that break the model's scheme: an error naming them
             gold, feats = data, self.featurize(data)
         else:
             feats = data
@@ -202,7 +210,7 @@ class TaskModel:
             # words cut off by truncation (or that tokenize to nothing) have no prediction: "O", as in predict()
             pred_tags = [tags + ["O"] * (len(true) - len(tags))
                          for tags, true in zip(self._word_tags(logits, feats), gold.labels, strict=True)]
-            out.update(M.entity_scores(gold.labels, pred_tags))
+            out.update(M.entity_scores(gold.labels, pred_tags, self.scheme or "bio"))
             flat_true = [t for s in gold.labels for t in s]
             flat_pred = [t for s in pred_tags for t in s]
             out["token_accuracy"] = M.accuracy(flat_true, flat_pred)
@@ -228,15 +236,23 @@ class TaskModel:
         return result
 
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int | None = None) -> list[dict[str, Any]]:
+                batch_size: int | None = None, aggregation_strategy: str | None = None) -> list[dict[str, Any]]:
         """Predictions in input order.
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
-        regression: {"score"}   ner: texts are word lists (or strings, split on whitespace) ->
-        {"words", "tags", "entities": [{"type", "start", "end", "text"}]}  (end exclusive, in words)
+        regression: {"score"}
+        ner, word level (no ``aggregation_strategy``): texts are word lists (or strings, split on whitespace) ->
+        {"words", "tags", "entities": [{"type", "start", "end", "text"}]}  (end exclusive, in words; plain tags:
+        no entities)
+        ner, raw text (``aggregation_strategy`` none/simple/first/average/max, texts are strings) ->
+        {"text", "entities": [...]} with the entries of transformers' token-classification pipeline
+        ({"entity_group" ("entity" and "index" for none), "score", "word", "start", "end"}, character offsets;
+        ``bertkit.inference.token_aggregation``)
         """
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts; wrap a single text in a list")
+        if aggregation_strategy is not None:
+            return self._predict_text(texts, check_strategy(aggregation_strategy), batch_size)
         if not texts:
             return []
         if self.task == "ner":
@@ -253,8 +269,9 @@ class TaskModel:
             out = []
             for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
                 tags = tags + ["O"] * (len(w) - len(tags))  # words cut off by truncation
+                spans = [] if self.scheme == "plain" else M.entity_spans(tags, self.scheme or "bio")
                 ents = [{"type": t, "start": s, "end": e, "text": " ".join(w[s:e])}
-                        for t, s, e in sorted(M.entity_spans(tags), key=lambda x: x[1])]
+                        for t, s, e in sorted(spans, key=lambda x: x[1])]
                 out.append({"words": w, "tags": tags, "entities": ents})
             return out
         if self.task == "regression":
@@ -271,6 +288,23 @@ class TaskModel:
             result.append({"label": self.labels[int(p.argmax())],
                            "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
         return result
+
+    def _predict_text(self, texts: Sequence[str], strategy: str, batch_size: int | None) -> list[dict[str, Any]]:
+        """Raw-text NER: tokenize with offsets, tag every token, aggregate as transformers' pipeline."""
+        if self.task != "ner":
+            raise ValueError(f"aggregation_strategy applies to token-classification (ner) models, not {self.task}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}: aggregation_strategy takes raw strings "
+                                "(word lists are tagged word by word without it)")
+        if not texts:
+            return []
+        batch = self.tokenizer.encode_offsets(list(texts), self.max_length)
+        logits, _ = self.logits(Features(batch.ids, batch.type_ids, None, None, batch.n_truncated), batch_size)
+        agg = TokenAggregator(self.tokenizer, self.labels, self.scheme or "bio")
+        return [{"text": text, "entities": agg.entities(text, ids, offsets, special, x, strategy)}
+                for text, ids, offsets, special, x in zip(texts, batch.ids, batch.offsets, batch.special_mask,
+                                                          logits, strict=True)]
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bertkit.data.tag_schemes import TagSchemeError, resolve_scheme
 from bertkit.data.tasks import (
     BUILTIN_DATASETS,
     TASKS,
@@ -247,10 +248,6 @@ def test_regression_json_string_label(tmp_path):
 @pytest.mark.parametrize(
     ("content", "pattern"),
     [
-        ("EU\tB-ORG\nrejects\tPER\n", r"ner\.conll, line 2: tag 'PER' is not BIO"),
-        ("a\tO\n\nNew\tO\nYork\tI-place\n", r"ner\.conll, line 4: I-place follows O; BIO needs B-place first"),
-        ("Peter\tI-person\n", r"line 1: I-person starts a sentence; BIO needs B-person first"),
-        ("New\tB-place\nYork\tI-person\n", r"line 2: I-person follows B-place; BIO needs B-person first"),
         ("EU\tB-org\nrejects\n", r"line 2: expected a token and its tag, got 'rejects'"),
         ("\n-DOCSTART-\n\n", r"no usable examples"),
     ],
@@ -261,26 +258,53 @@ def test_bad_conll(tmp_path, content, pattern):
         read_task_file(tmp_path / "ner.conll", "ner")
 
 
-def test_bio_continues_across_types_only_within_a_sentence(tmp_path):
-    # I-x right after a sentence break is an error even if the previous sentence ended inside an x entity
-    (tmp_path / "ner.conll").write_text("New\tB-x\nYork\tI-x\n\nCity\tI-x\n")
-    with pytest.raises(InputFileError, match="line 4: I-x starts a sentence"):
-        read_task_file(tmp_path / "ner.conll", "ner")
+# Which tag may follow which is checked once the scheme is known (bertkit.data.tag_schemes.resolve_scheme): the
+# error names the file, the line the sentence starts on and the token.
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("EU\tB-ORG\nrejects\tPER\n", r"ner\.conll, line 1: token 2 \('rejects'\): tag 'PER' is not BIO"),
+        ("a\tO\n\nNew\tO\nYork\tI-place\n", r"ner\.conll, line 3: token 2 \('York'\): I-place follows O; BIO needs "
+                                         r"B-place first"),
+        ("Peter\tI-person\n", r"line 1: token 1 \('Peter'\): I-person starts the sentence; BIO needs B-person first"),
+        ("New\tB-place\nYork\tI-person\n", r"line 1: token 2 \('York'\): I-person follows B-place; BIO needs "
+                                          r"B-person first"),
+        # I-x right after a sentence break is an error even if the previous sentence ended inside an x entity
+        ("New\tB-x\nYork\tI-x\n\nCity\tI-x\n", "line 4: token 1 \\('City'\\): I-x starts the sentence"),
+    ],
+)
+def test_conll_tags_breaking_bio(tmp_path, content, pattern):
+    (tmp_path / "ner.conll").write_text(content)
+    data = read_task_file(tmp_path / "ner.conll", "ner")
+    with pytest.raises(TagSchemeError, match=pattern):
+        resolve_scheme("bio", data)
 
 
 @pytest.mark.parametrize(
     ("rows", "pattern"),
     [
         ([{"tokens": ["a", "b"], "tags": ["O"]}], r"line 1: 2 tokens but 1 tags"),
-        ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": ["a", "b"], "tags": ["O", "I-x"]}],
-         r"line 2: token 2 \('b'\): I-x follows O; BIO needs B-x first"),
-        ([{"tokens": ["a"], "tags": ["B_x"]}], r"line 1: token 1 \('a'\): tag 'B_x' is not BIO"),
         ([{"tokens": "a b", "tags": ["O", "O"]}], r"line 1: column 'tokens' must be a list of strings"),
+        ([{"tokens": ["a"], "tags": ["B x"]}], r"line 1: token 1 \('a'\): tag 'B x' is empty or holds spaces"),
     ],
 )
 def test_bad_ner_jsonl(tmp_path, rows, pattern):
     with pytest.raises(InputFileError, match=pattern):
         read_task_file(write(tmp_path, "jsonl", rows), "ner")
+
+
+@pytest.mark.parametrize(
+    ("rows", "pattern"),
+    [
+        ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": ["a", "b"], "tags": ["O", "I-x"]}],
+         r"line 2: token 2 \('b'\): I-x follows O; BIO needs B-x first"),
+        ([{"tokens": ["a"], "tags": ["B_x"]}], r"line 1: token 1 \('a'\): tag 'B_x' is not BIO"),
+    ],
+)
+def test_ner_jsonl_breaking_bio(tmp_path, rows, pattern):
+    data = read_task_file(write(tmp_path, "jsonl", rows), "ner")
+    with pytest.raises(TagSchemeError, match=pattern):
+        resolve_scheme("bio", data)
 
 
 def test_bad_ner_parquet_names_the_row(tmp_path):

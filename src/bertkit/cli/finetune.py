@@ -19,6 +19,7 @@ import argparse
 import json
 
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
+from bertkit.data.tag_schemes import AUTO, SCHEMES
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
 from bertkit.train.distributed import is_main_process
 from bertkit.train.finetune import FinetuneConfig, finetune
@@ -33,12 +34,16 @@ DATA_FLAGS: dict[str, dict] = {
     "label_separator": dict(help="multilabel: separator of labels in one CSV cell"),
     "max_length": dict(help="tokens per example"),
 }
+# ner only (FinetuneConfig's own field, not DataConfig's)
+SCHEME_FLAG = {"scheme": dict(choices=(AUTO, *SCHEMES), help="ner tag scheme (default auto: detected on the data "
+                                                             "and logged)")}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_command(sub, "finetune",
                        "fine-tune a task model (classification, pairs, multilabel, regression, ner, qa)", __doc__,
-                       FinetuneConfig, {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa"))}, KIND,
+                       FinetuneConfig,
+                       {**DATA_FLAGS, **SCHEME_FLAG, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa"))}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 

@@ -2,7 +2,9 @@
 
 Input: .txt (one text per line; for NER one sentence per line, words split on whitespace), .jsonl
 (field ``text``, ``text_pair``; NER ``tokens``; question answering ``question``, ``context``), .csv/.tsv, .conll
-for NER, SQuAD .json for question answering (``cli/qa.py``).
+for NER, SQuAD .json for question answering (``cli/qa.py``). NER with
+``--aggregation-strategy none|simple|first|average|max``: raw texts (.txt lines, .jsonl/.csv field ``text``) ->
+entities with character offsets, as transformers' token-classification pipeline gives them.
 Output: .jsonl (one JSON object per input, in order) or .csv (sequence tasks), written atomically.
 """
 
@@ -17,6 +19,7 @@ from bertkit.cli.engine_args import add_engine_args, engine_from_args
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_text_pairs, read_texts
 from bertkit.errors import InputFileError
+from bertkit.inference.token_aggregation import STRATEGIES
 from bertkit.loader import load_task_model
 from bertkit.utils.atomic import atomic_path
 from bertkit.utils.output_paths import check_output_file
@@ -31,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help=".jsonl or .csv")
     p.add_argument("--text-column", default=None, help="default text (NER .jsonl: tokens)")
     p.add_argument("--text-pair-column", default=None, help="pair models: default text_pair")
+    p.add_argument("--aggregation-strategy", choices=STRATEGIES, default=None,
+                   help="NER on raw text: entities with character offsets, grouped as transformers' pipeline does "
+                        "(default: word-level tags of whitespace-split words)")
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -72,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if model.task == "ner" and out.suffix.lower() == ".csv":
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")
-    texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
-    preds = model.predict(texts, pairs)
+    if args.aggregation_strategy is not None:
+        if model.task != "ner":
+            raise ValueError(f"--aggregation-strategy applies to NER models; {args.model_dir} is {model.task}")
+        texts, pairs = read_texts(Path(args.input), args.text_column), None
+    else:
+        texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
+    preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy)
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for i, p in enumerate(preds):

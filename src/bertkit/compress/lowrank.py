@@ -483,7 +483,7 @@ def load_lowrank(directory: str | os.PathLike[str], device: str | torch.device |
     engine = Engine()
     engine.prepare(encoder, tokenizer, dev, str(d))
     max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
-    return TaskModel(head, tokenizer, task, labels, max_length, d, engine)
+    return TaskModel(head, tokenizer, task, labels, max_length, d, engine, scheme=meta.get("scheme"))
 
 
 __all__ = ["LAYER_LINEARS", "LayerReport", "LowRankLinear", "LowRankReport", "densify", "factorize",

@@ -236,7 +236,7 @@ class MultiHeadModel:
             head = build_head(encoder, tm.task, tm.head.num_labels)
             head.load_head_state(head_tensors(tm.head), source=f"task {name!r}")
             tasks[name] = TaskModel(head.to(dev).eval(), first.tokenizer, tm.task, tm.labels, tm.max_length,
-                                    engine=engine)
+                                    engine=engine, scheme=tm.scheme)
         return cls(encoder, first.tokenizer, tasks)
 
     @property

@@ -6,7 +6,8 @@ Tasks and what a label is:
 ``pair-classification``  the same, for a pair of texts (columns ``text`` and ``text_pair``)
 ``multilabel``           a list of class names, possibly empty (CSV/TSV: one cell split on ``|``)
 ``regression``           a finite float
-``ner``                  one BIO tag per word (``O``, ``B-X``, ``I-X``)
+``ner``                  one tag per word: BIO (``O``, ``B-X``, ``I-X``), IOB1, BIOES, BILOU or plain tags
+                         (``bertkit.data.tag_schemes`` checks them once the scheme is known)
 
 Files: ``.csv``, ``.tsv``, ``.jsonl`` and ``.parquet`` for every task, with columns ``text``, ``text_pair`` and
 ``label``; NER reads CoNLL (``.conll``/``.txt``/``.tsv``: ``token tag`` per line, a blank line between sentences)
@@ -247,17 +248,11 @@ def examples_from_records(path: Path, task: str, records: list[tuple[str, list[o
     return TaskData(task, texts, pairs if is_pair else None, labels, None, str(path), where)
 
 
-_TAG = re.compile(r"O|[BI]-\S+")
-
-
-def _check_tag(tag: str, previous: str) -> str | None:
-    """The problem with `tag` after `previous` ("O" at a sentence start), or None if it is valid strict BIO."""
-    if not _TAG.fullmatch(tag):
-        return f"tag {tag!r} is not BIO: expected O, B-TYPE or I-TYPE"
-    if tag.startswith("I-") and previous[2:] != tag[2:]:
-        # Strict BIO: an entity starts with B-. We refuse IOB1 rather than guess, since entity scores depend on it.
-        after = "starts a sentence" if previous == "" else f"follows {previous}"
-        return f"{tag} {after}; BIO needs B-{tag[2:]} first"
+def _check_tag(tag: str) -> str | None:
+    """The problem with a tag as read, or None; which tags may follow which is the tag scheme's business
+    (``bertkit.data.tag_schemes.resolve_scheme``, once the whole dataset is read and its scheme known)."""
+    if any(c.isspace() for c in tag) or not tag:
+        return f"tag {tag!r} is empty or holds spaces"
     return None
 
 
@@ -278,7 +273,7 @@ def read_conll(path: Path, lines: list[str]) -> TaskData:
         fields = [f.strip() for f in (line.split("\t") if "\t" in line else line.split())]
         if len(fields) < 2 or not fields[0] or not fields[-1]:
             raise InputFileError(path, f"expected a token and its tag, got {line.strip()!r}", line=n)
-        problem = _check_tag(fields[-1], sentence_tags[-1] if sentence_tags else "")
+        problem = _check_tag(fields[-1])
         if problem:
             raise InputFileError(path, problem, line=n)
         if not sentence:
@@ -308,7 +303,7 @@ def _nerexamples_from_records(path: Path, records: list[tuple[str, list[object]]
         if len(tokens) != len(labels):
             raise _fail(path, at, f"{len(tokens)} tokens but {len(labels)} tags")
         for i, tag in enumerate(labels):
-            problem = _check_tag(tag, labels[i - 1] if i else "")
+            problem = _check_tag(tag)
             if problem:
                 raise _fail(path, at, f"token {i + 1} ({tokens[i]!r}): {problem}")
         words.append(tokens)

@@ -68,6 +68,15 @@ class PairOffsets:
     words_b: list[int | None]
 
 
+@dataclass
+class OffsetBatch(Batch):
+    """A ``Batch`` of raw texts with, per token, its ``(start, end)`` character offsets in its text ((0, 0) for
+    special tokens) and whether the template added it (transformers' ``special_tokens_mask``)."""
+
+    offsets: list[list[tuple[int, int]]]
+    special_mask: list[list[int]]
+
+
 class Tokenizer:
     """One model's tokenizer: encoding (unpadded, truncated as transformers does), its special tokens and
     templates, and saving in a form transformers loads to the same ids. Safe to share between threads."""
@@ -257,6 +266,22 @@ class Tokenizer:
             finally:
                 self._tok.no_truncation()
 
+    def encode_offsets(self, texts: list[str], max_length: int = 512) -> OffsetBatch:
+        """``encode(texts)`` plus each token's character offsets and special-token mask, from the ``tokenizers``
+        backend as transformers' ``return_offsets_mapping=True, return_special_tokens_mask=True`` give them."""
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        self._check_max_length(max_length, False)
+        with self._lock:
+            self._tok.enable_truncation(max_length, strategy="longest_first")
+            try:
+                encs = self._tok.encode_batch(texts)
+            finally:
+                self._tok.no_truncation()
+        return OffsetBatch([e.ids for e in encs], [e.type_ids for e in encs], sum(1 for e in encs if e.overflowing),
+                           [list(e.offsets) for e in encs], [e.special_tokens_mask for e in encs])
+
     def encode_words(self, words: list[list[str]], max_length: int = 512) -> tuple[Batch, list[list[int | None]]]:
         """Tokenize pre-split words (NER); also return, per token, the index of its word (None for specials).
 
@@ -309,6 +334,18 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self._tok.id_to_token(i) for i in ids]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Token strings back to text through the tokenizer's decoder (WordPiece joins ``##`` pieces, byte-level
+        BPE turns ``Ġ`` into a space), as transformers' fast tokenizers do; space-joined without a decoder."""
+        decoder = self._tok.decoder
+        return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
+
+    @property
+    def marks_subwords(self) -> bool:
+        """Whether the model marks pieces that continue a word (WordPiece's ``##``): transformers' token-
+        classification pipeline then tells sub-words by their length, else by the text around them."""
+        return bool(getattr(self._tok.model, "continuing_subword_prefix", None))
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)

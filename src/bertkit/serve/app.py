@@ -153,6 +153,9 @@ class ClassifyRequest(_Body):
 class NerRequest(_Body):
     input: str | list[str] | list[list[str]] = Field(
         description="a text (split on whitespace), a list of texts, or a list of word lists")
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] | None = Field(
+        None, description="raw texts -> entities with character offsets, grouped as transformers' token-"
+                          "classification pipeline does (default: word-level tags of whitespace-split words)")
 
     @field_validator("input", mode="before")
     @classmethod
@@ -346,9 +349,19 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/ner")
     async def ner(body: NerRequest) -> dict[str, Any]:
-        """Per-word tags and entity spans ({"type", "start", "end" (exclusive, in words), "text"})."""
+        """Per-word tags and entity spans ({"type", "start", "end" (exclusive, in words), "text"}); with
+        aggregation_strategy, entities of raw texts ({"entity_group", "score", "word", "start", "end"}, characters)."""
         check_model(body.model)
         require("ner")
+        if body.aggregation_strategy is not None:
+            texts = texts_of(body.input)
+            if not all(isinstance(x, str) for x in texts):
+                raise APIError(422, "aggregation_strategy takes raw texts, not word lists", "input", "invalid_value")
+            counts = fit(await run_in_threadpool(service.count_tokens, texts), body.truncate,
+                         isinstance(body.input, str))
+            preds = await infer("ner", texts, counts, aggregation_strategy=body.aggregation_strategy)
+            return {"data": [{"index": i, **p} for i, p in enumerate(preds)], "model": service.name,
+                    "usage": usage(counts)}
         words = [x.split() if isinstance(x, str) else x for x in texts_of(body.input)]
         for i, w in enumerate(words):
             if not w:

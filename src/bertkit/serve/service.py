@@ -110,9 +110,10 @@ class Service:
         with self.explain_lock:
             return [e.to_dict() for e in explain(self.task_model, texts, pairs, target, steps)]
 
-    def ner(self, words: list[list[str]]) -> list[dict[str, Any]]:
+    def ner(self, words: list[list[str]] | list[str], aggregation_strategy: str | None = None) -> list[dict[str, Any]]:
+        """Word lists -> word tags; raw texts with an aggregation strategy -> entities with character offsets."""
         assert self.task_model is not None
-        return self.task_model.predict(words)
+        return self.task_model.predict(words, aggregation_strategy=aggregation_strategy)
 
     def qa(self, items: list[tuple[str, str]], top_k: int = 1,
            null_threshold: float | None = None) -> list[Any]:

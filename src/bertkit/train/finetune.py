@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.data.features import Features, shuffled_batches
+from bertkit.data.tag_schemes import AUTO, check_scheme, resolve_scheme
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.errors import BertkitError
@@ -88,6 +89,7 @@ class FinetuneConfig(DataConfig):
     doc_stride: int = 128  # qa: tokens consecutive context windows share
     max_answer_length: int = 15  # qa: longest answer, in tokens
     null_threshold: float | None = None  # qa: answer "" when no-answer beats the best span by this (v2-style data)
+    scheme: str = AUTO  # ner tag scheme: auto (detected, logged), bio, iob1, bioes, bilou or plain
     training: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -244,6 +246,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     for other in (dev, test):
         if other is not None and len(other):
             check_known_labels(train, other)
+    check_scheme(cfg.scheme, allow_auto=True)
+    if cfg.task != "ner" and cfg.scheme != AUTO:
+        raise BertkitError(f"scheme={cfg.scheme!r} applies to ner (tagging), not {cfg.task}")
+    scheme = resolve_scheme(cfg.scheme, train, dev, test) if cfg.task == "ner" else None
     if dist.is_main:
         prepare_output_dir(out, resume, overwrite)
     dist.barrier()
@@ -259,7 +265,7 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     head = build_head(encoder, cfg.task, max(len(labels), 1))
     apply_stability_options(encoder, cfg)
     tm = TaskModel(head, Tokenizer.from_dir(info.weights_dir), cfg.task, labels,
-                   min(cfg.max_length, encoder.config.max_tokens), out)
+                   min(cfg.max_length, encoder.config.max_tokens), out, scheme=scheme)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     if dist.is_main:

@@ -114,7 +114,8 @@ def distill(output_dir: str | os.PathLike[str], config: DistillConfig | None = N
                           layer_map=cfg.layer_map if cfg.layer_map is not None else copied,
                           attn_layers=cfg.attn_layers, relation_heads=cfg.relation_heads, label_orders=orders)
     limit = min(encoder_of(m).config.max_tokens for m in (student, *[t.head for t in teachers]))
-    tm = TaskModel(student, primary.tokenizer, primary.task, primary.labels, min(cfg.max_length, limit), out)
+    tm = TaskModel(student, primary.tokenizer, primary.task, primary.labels, min(cfg.max_length, limit), out,
+                   scheme=primary.scheme)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     if dist.is_main:

@@ -277,7 +277,7 @@ def load_compressed(directory: str | os.PathLike[str], device: str | torch.devic
     eng.prepare(encoder, tokenizer, dev, str(d))
     if is_task:
         max_length = int(meta.get("max_length") or min(512, cfg.max_tokens))
-        return TaskModel(module, tokenizer, task, labels, max_length, d, eng)
+        return TaskModel(module, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
     enc = Encoder(encoder, tokenizer, default_max_length(d, cfg.max_tokens), name=str(d),
                   source_dir=d, engine=eng)
     enc.sentence = SentenceConfig.read(d, cfg.hidden_size)
