@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,23 +35,24 @@ from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_bu
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.errors import BertkitError
 from bertkit.hub import DEFAULT_MODEL
-from bertkit.model.bert import BertModel
 from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
 from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
-from bertkit.train.checkpoint import checkpoint_dir
 from bertkit.train.distributed import DistInfo, init_distributed, rank_share
-from bertkit.train.trainer import CURVE_FILE, METRICS_FILE, TrainConfig, Trainer, TrainState
+from bertkit.train.finetune_setup import (  # importable from here too, as before
+    CONFIG_FILE,
+    RESULTS_FILE,
+    FinetuneResult,
+    apply_stability_options,
+    pooler_unused,
+    prepare_output_dir,
+)
+from bertkit.train.trainer import TrainConfig, Trainer, TrainState
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.recipes import config_from_dict
 from bertkit.utils.runtime import tune_allocator
 
 log = logging.getLogger("bertkit")
-
-CONFIG_FILE = "finetune_config.json"
-RESULTS_FILE = "results.json"
-_OUR_FILES = ("config.json", "model.safetensors", "bertkit_task.json", METRICS_FILE, CURVE_FILE, CONFIG_FILE,
-              RESULTS_FILE)
 
 
 @dataclass
@@ -99,15 +99,6 @@ class FinetuneConfig(DataConfig):
         return config_from_dict(cls, d)
 
 
-@dataclass
-class FinetuneResult:
-    output_dir: Path
-    state: TrainState
-    dev: dict[str, float] | None
-    test: dict[str, float] | None
-    model: TaskModel
-
-
 def load_splits(cfg: FinetuneConfig) -> dict[str, TaskData]:
     """train/dev(/test) for a built-in dataset, or from files; a seeded stratified split where none is given."""
     if cfg.dataset:
@@ -132,45 +123,6 @@ def load_splits(cfg: FinetuneConfig) -> dict[str, TaskData]:
     log.info("no --eval file: split %s into train/dev/test %d/%d/%d (stratified, seed %d)", cfg.train_file,
              len(splits["train"]), len(splits["dev"]), len(splits["test"]), cfg.training.seed)
     return splits
-
-
-def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, ours: tuple[str, ...] = _OUR_FILES) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise BertkitError(f"--output {output_dir} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (resume or overwrite):
-        raise BertkitError(f"--output {output_dir} exists and is not empty; pass --resume to continue the run "
-                           "in it or --overwrite to start over")
-    if overwrite and not resume and output_dir.is_dir():
-        # Only what a run writes: never wipe a directory the user pointed at by mistake.
-        shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
-        for name in ours:
-            (output_dir / name).unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-
-def apply_stability_options(encoder: BertModel, cfg: FinetuneConfig) -> None:
-    n = len(encoder.layers)
-    for name, k in (("reinit_layers", cfg.reinit_layers), ("freeze_layers", cfg.freeze_layers)):
-        if not 0 <= k <= n:
-            raise ValueError(f"{name}={k}: the model has {n} layers")
-    if cfg.reinit_layers:
-        for layer in encoder.layers[n - cfg.reinit_layers:]:
-            layer.apply(encoder._init_weights)
-        if encoder.pooler is not None:
-            encoder.pooler.apply(encoder._init_weights)
-        log.info("re-initialised the top %d layers and the pooler", cfg.reinit_layers)
-    frozen = ([encoder.embeddings] if cfg.freeze_embeddings else []) + list(encoder.layers[:cfg.freeze_layers])
-    for module in frozen:
-        module.requires_grad_(False)
-    if frozen:
-        log.info("froze %s%d bottom layers", "the embeddings and " if cfg.freeze_embeddings else "",
-                 cfg.freeze_layers)
-
-
-def pooler_unused(head: nn.Module) -> bool:
-    """Whether the head's encoder has a pooler the head never reads (token tasks; families whose sequence head has
-    its own dense): it gets no gradient, so DDP must be told to look for unused parameters."""
-    return head.encoder.pooler is not None and not head.spec.uses_pooler
 
 
 def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_feats: Features,

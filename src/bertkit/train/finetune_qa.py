@@ -28,6 +28,14 @@ from bertkit.model.heads import QuestionAnsweringHead, strip_task_keys
 from bertkit.qa_model import QAModel
 from bertkit.task_model import MAIN_METRIC
 from bertkit.train.distributed import init_distributed, rank_share
+from bertkit.train.finetune_setup import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    FinetuneResult,
+    apply_stability_options,
+    pooler_unused,
+    prepare_output_dir,
+)
 from bertkit.train.trainer import Trainer
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import tune_allocator
@@ -61,14 +69,6 @@ def load_qa_splits(cfg) -> dict[str, QAData]:
 def finetune_qa(output_dir: str | Path, cfg, *, resume: bool = False, overwrite: bool = False,
                 callbacks: tuple = ()):
     """Called by ``train.finetune.finetune`` for ``task="qa"``; returns its ``FinetuneResult``."""
-    from bertkit.train.finetune import (
-        CONFIG_FILE,
-        RESULTS_FILE,
-        FinetuneResult,
-        apply_stability_options,
-        pooler_unused,
-        prepare_output_dir,
-    )
 
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC["qa"][0])
     out = Path(output_dir)
