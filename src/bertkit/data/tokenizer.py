@@ -269,16 +269,7 @@ class Tokenizer:
     def encode_offsets(self, texts: list[str], max_length: int = 512) -> OffsetBatch:
         """``encode(texts)`` plus each token's character offsets and special-token mask, from the ``tokenizers``
         backend as transformers' ``return_offsets_mapping=True, return_special_tokens_mask=True`` give them."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
-        self._check_max_length(max_length, False)
-        with self._lock:
-            self._tok.enable_truncation(max_length, strategy="longest_first")
-            try:
-                encs = self._tok.encode_batch(texts)
-            finally:
-                self._tok.no_truncation()
+        encs = self._encodings(texts, None, max_length)
         return OffsetBatch([e.ids for e in encs], [e.type_ids for e in encs], sum(1 for e in encs if e.overflowing),
                            [list(e.offsets) for e in encs], [e.special_tokens_mask for e in encs])
 
