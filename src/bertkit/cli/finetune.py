@@ -20,7 +20,7 @@ import json
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
 from bertkit.train.distributed import is_main_process
-from bertkit.train.finetune import FinetuneConfig, finetune
+from bertkit.train.finetune import THRESHOLD_MODES, FinetuneConfig, finetune
 
 KIND = ""  # fine-tuning recipes sit in recipes/ itself, next to the pretraining ones
 # what DataConfig's annotations cannot say; shared with `bertkit distill`, whose data fields are the same
@@ -32,11 +32,14 @@ DATA_FLAGS: dict[str, dict] = {
     "label_separator": dict(help="multilabel: separator of labels in one CSV cell"),
     "max_length": dict(help="tokens per example"),
 }
+THRESHOLDS_FLAG = dict(choices=THRESHOLD_MODES, help="multilabel: per-label thresholds tuned on dev (default) or "
+                                                     "the fixed 0.5")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_command(sub, "finetune", "fine-tune a task model (classification, pairs, multilabel, regression, ner)",
-                       __doc__, FinetuneConfig, {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=TASKS)}, KIND,
+                       __doc__, FinetuneConfig,
+                       {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=TASKS), "thresholds": THRESHOLDS_FLAG}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun: one report, rank 0's
         return 0
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,
-               "best_step": result.state.best_step, "dev": result.dev, "test": result.test}
+               "best_step": result.state.best_step, "dev": result.dev, "test": result.test,
+               **({"thresholds": result.thresholds} if result.thresholds else {})}
     print(json.dumps(summary, indent=2))
     return 0
