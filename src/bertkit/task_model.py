@@ -144,8 +144,8 @@ class TaskModel:
             self.thresholds = check_thresholds(meta["thresholds"], self.labels, str(source))
         except ValueError as e:
             raise CheckpointError(str(e)) from None
-        log.info("%s: predicts with %s (threshold=0.5 / --threshold fixed for 0.5)", source.parent,
-                 self.decision_thresholds()[1])
+        log.info("%s: has %s; they decide unless a threshold ('fixed' for 0.5, or a number) is given",
+                 source.parent, self.decision_thresholds()[1])
 
     @property
     def device(self) -> torch.device:
