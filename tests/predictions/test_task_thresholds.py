@@ -96,3 +96,24 @@ def test_finetune_rejects_an_unknown_mode(tmp_path, tiny_dir):
     with pytest.raises(ValueError, match="thresholds='best': must be one of tuned, fixed"):
         finetune(tmp_path / "out", task="multilabel", model=str(tiny_dir), train_file="x.csv", thresholds="best")
     assert not (tmp_path / "out").exists()
+
+
+def test_compressed_and_low_rank_copies_keep_the_thresholds(model, tmp_path):
+    """A multi-label model's tuned thresholds travel with it into compressed and low-rank checkpoints."""
+    from bertkit.compress.lowrank import factorize_model, save_lowrank
+    from bertkit.compress.quantize import quantize_weights, save_compressed
+    from bertkit.loader import load_task_model
+
+    model.thresholds = {"a": 0.25, "b": 0.5, "c": 0.75}
+    quantize_weights(model, bits=8, group_size=16)
+    save_compressed(model, tmp_path / "q")
+    assert load_task_model(tmp_path / "q").thresholds == model.thresholds
+    low = saved(tmp_path / "m2", "multilabel", LABELS, seed=0)
+    low.thresholds = dict(model.thresholds)
+    factorize_model(low, layers=("mlp_in",), energy=0.9)
+    save_lowrank(low, tmp_path / "lr")
+    back = load_task_model(tmp_path / "lr")
+    assert back.thresholds == model.thresholds
+    cuts = np.array([0.25, 0.5, 0.75])
+    for p in back.predict(TEXTS):
+        assert p["labels"] == [n for n, c in zip(LABELS, cuts, strict=True) if p["probabilities"][n] >= c]
