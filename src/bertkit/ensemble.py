@@ -96,7 +96,7 @@ class Ensemble:
         if self.task != "multilabel":
             raise ValueError(f"thresholds are tuned for multilabel models, this ensemble does {self.task}")
         tuned = tune_thresholds(self.outputs(dev, batch_size), self._truth(dev))
-        self.thresholds = {n: round(float(t), 6) for n, t in zip(self.labels, tuned, strict=True)}
+        self.thresholds = {n: float(t) for n, t in zip(self.labels, tuned, strict=True)}
         log.info("ensemble tuned on %s: %s", dev.source, self.decision_thresholds("tuned")[1])
         return dict(self.thresholds)
 

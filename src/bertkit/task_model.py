@@ -245,7 +245,7 @@ class TaskModel:
             raise ValueError(f"thresholds are tuned for multilabel models, this one does {self.task}")
         truth = np.array(self.featurize(dev).labels, dtype=int)
         tuned = tune_thresholds(self.outputs(dev, batch_size), truth)
-        self.thresholds = {name: round(float(t), 6) for name, t in zip(self.labels, tuned, strict=True)}
+        self.thresholds = {name: float(t) for name, t in zip(self.labels, tuned, strict=True)}
         log.info("tuned on %s (%d examples): %s", dev.source, len(dev), self.decision_thresholds("tuned")[1])
         return dict(self.thresholds)
 

@@ -30,7 +30,7 @@ def test_tuned_saved_reloaded_and_used(model, tmp_path):
     probs = model.outputs(dev)
     truth = np.array([[n in row for n in LABELS] for row in DEV_LABELS], dtype=int)
     tuned = model.tune_thresholds(dev)
-    assert list(tuned.values()) == pytest.approx(tune_thresholds(probs, truth).tolist(), abs=1e-6)
+    assert list(tuned.values()) == tune_thresholds(probs, truth).tolist()
     assert tuned != {n: 0.5 for n in LABELS}  # a random head on 6 examples: at least one cut moves
 
     model.save_pretrained(tmp_path / "saved")
