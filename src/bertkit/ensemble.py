@@ -7,10 +7,11 @@ ensembles BERT, XLM-R and ELECTRA), behind ``TaskModel``'s ``predict`` / ``evalu
 Members may be of different families: each one tokenizes the texts itself, so only their outputs meet. Labels are
 matched by name (members listing them in another order are aligned to the first member's order); members with other
 label sets or another task are refused, naming both. Classification and pairs average the softmax probabilities,
-multi-label the sigmoid probabilities, regression the scores. A multi-label ensemble decides with the weighted mean
-of its members' thresholds (each member's tuned ones, or 0.5), or with thresholds tuned on the averaged
-probabilities (``tune_thresholds``), or with ``threshold=`` as ``TaskModel``. NER ensembles are refused: members'
-tokenizers split words differently, so their per-token outputs do not line up (averaging per word is future work).
+multi-label the sigmoid probabilities, regression the scores, NER each word's tag probabilities (read, as a single
+model reads its tag, at the word's first sub-word: members' tokenizers split words differently, words are what they
+share). A multi-label ensemble decides with the weighted mean of its members' thresholds (each member's tuned ones,
+or 0.5), or with thresholds tuned on the averaged probabilities (``tune_thresholds``), or with ``threshold=`` as
+``TaskModel``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from bertkit.data.tasks import TaskData, check_labels_among
 from bertkit.loader import load_task_model
 from bertkit.task_model import TaskModel
-from bertkit.task_outputs import sequence_metrics, sequence_predictions
+from bertkit.task_outputs import ner_metrics, ner_prediction, sequence_metrics, sequence_predictions
 from bertkit.thresholds import Choice, decision_thresholds, tune_thresholds
 
 log = logging.getLogger("bertkit")
@@ -38,9 +39,6 @@ class Ensemble:
         if not models:
             raise ValueError("an ensemble needs at least one task model")
         first = models[0]
-        if first.task == "ner":
-            raise ValueError("ensembles of NER models are not supported: each member's tokenizer splits the words "
-                             "differently, so their per-token outputs do not line up; predict with one model")
         self.names = [str(m.directory) if m.directory is not None else f"model {i + 1}" for i, m in enumerate(models)]
         self.columns = []  # per member: its output column of each of the ensemble's labels
         for name, m in zip(self.names, models, strict=True):
@@ -80,6 +78,15 @@ class Ensemble:
         assert total is not None
         return total
 
+    def word_outputs(self, data: TaskData, batch_size: int | None = None) -> list[np.ndarray]:
+        """NER: per sentence, the weighted mean of the members' (n_words, L) word tag probabilities."""
+        total: list[np.ndarray] | None = None
+        for m, cols, w in zip(self.models, self.columns, self.weights, strict=True):
+            out = [w * p[:, cols].astype(np.float64) for p in m.word_outputs(data, batch_size)]
+            total = out if total is None else [a + b for a, b in zip(total, out, strict=True)]
+        assert total is not None
+        return total
+
     def decision_thresholds(self, threshold: Choice = None) -> tuple[np.ndarray, str]:
         """(L,) multi-label thresholds and words saying which: tuned on the ensemble if it was, else the members'
         weighted mean ("tuned": of their tuned ones, each member must have them); "fixed" or a number as given."""
@@ -101,13 +108,19 @@ class Ensemble:
         return dict(self.thresholds)
 
     # ---- the TaskModel interface ----------------------------------------------------------
-    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int | None = None,
-                threshold: Choice = None) -> list[dict[str, Any]]:
-        """As ``TaskModel.predict``: {"label", "probabilities"}, {"labels", "probabilities"} or {"score"}."""
+    def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
+                batch_size: int | None = None, threshold: Choice = None) -> list[dict[str, Any]]:
+        """As ``TaskModel.predict``: {"label", "probabilities"}, {"labels", "probabilities"}, {"score"}, or for NER
+        {"words", "tags", "entities"}."""
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts; wrap a single text in a list")
         if not texts:
             return []
+        if self.task == "ner":  # texts are word lists (or strings, split on whitespace), as TaskModel.predict
+            words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+            data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
+            return [ner_prediction(w, self._tags(p)) for w, p in zip(words, self.word_outputs(data, batch_size),
+                                                                      strict=True)]
         if self.task == "pair-classification" and pairs is None:
             raise ValueError("this ensemble classifies text pairs: pass pairs=[...]")
         data = TaskData(self.task, list(texts), None if pairs is None else list(pairs), [], None, "input")
@@ -118,11 +131,21 @@ class Ensemble:
         """As ``TaskModel.evaluate`` on the averaged outputs; ``loss`` is the task's loss of those outputs."""
         if data.task != self.task and {data.task, self.task} != {"classification", "pair-classification"}:
             raise ValueError(f"{data.source}: data is for task {data.task!r}, this ensemble does {self.task!r}")
+        if self.task == "ner":
+            check_labels_among(data, self.labels, f"not among the ensemble's tags ({', '.join(self.labels)})",
+                               "the ensemble cannot predict them")
+            probs = self.word_outputs(data, batch_size)
+            gold = np.concatenate([[self.label2id[t] for t in tags] for tags in data.labels]).astype(np.int64)
+            loss = _loss("ner", np.concatenate(probs), gold)  # over words: each is tagged at its first sub-word
+            return {"loss": loss, **ner_metrics(data.labels, [self._tags(p) for p in probs])}
         cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
         truth = self._truth(data)
         outputs = self.outputs(data, batch_size)
         return {"loss": _loss(self.task, outputs, truth),
                 **sequence_metrics(self.task, self.labels, outputs, truth, cuts)}
+
+    def _tags(self, word_probs: np.ndarray) -> list[str]:
+        return [self.labels[i] for i in word_probs.argmax(axis=1)]
 
     def _truth(self, data: TaskData) -> np.ndarray:
         """(n,) class ids, (n, L) 0/1 or (n,) floats of labelled data, in the ensemble's label order."""
@@ -152,7 +175,8 @@ def _normalised(weights: Sequence[float] | None, n: int) -> np.ndarray:
 
 
 def _loss(task: str, outputs: np.ndarray, truth: np.ndarray) -> float:
-    """The loss the members train with, of the averaged outputs: cross-entropy, binary cross-entropy, MSE."""
+    """The loss the members train with, of the averaged outputs: cross-entropy (classification, pairs, NER words),
+    binary cross-entropy (multi-label), MSE (regression)."""
     if task == "regression":
         return float(np.mean((outputs - truth) ** 2))
     p = np.clip(outputs, 1e-12, 1 - 1e-12)

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from bertkit import metrics as M
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
@@ -33,7 +32,7 @@ from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import attn_implementation_of, to_grid
 from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
 from bertkit.model.heads import PROBLEM_TYPE, SequenceClassifier, TokenClassifier, build_head, strip_task_keys
-from bertkit.task_outputs import outputs_of, sequence_metrics, sequence_predictions
+from bertkit.task_outputs import ner_metrics, ner_prediction, outputs_of, sequence_metrics, sequence_predictions
 from bertkit.thresholds import FIXED, Choice, check_thresholds, decision_thresholds, tune_thresholds
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import pick_device, tune_allocator
@@ -218,10 +217,7 @@ class TaskModel:
             # words cut off by truncation (or that tokenize to nothing) have no prediction: "O", as in predict()
             pred_tags = [tags + ["O"] * (len(true) - len(tags))
                          for tags, true in zip(self._word_tags(logits, feats), gold.labels, strict=True)]
-            out.update(M.entity_scores(gold.labels, pred_tags))
-            flat_true = [t for s in gold.labels for t in s]
-            flat_pred = [t for s in pred_tags for t in s]
-            out["token_accuracy"] = M.accuracy(flat_true, flat_pred)
+            out.update(ner_metrics(gold.labels, pred_tags))
         else:
             truth = np.array(gold.labels if self.task == "regression" else feats.labels)
             out.update(sequence_metrics(self.task, self.labels, outputs_of(self.task, np.stack(logits)), truth, cuts))
@@ -237,6 +233,29 @@ class TaskModel:
             raise ValueError("outputs() is for sequence tasks; a NER model's are per token (use predict)")
         logits, _ = self.logits(self.featurize(data, with_labels=False), batch_size)
         return outputs_of(self.task, np.stack(logits))
+
+    def word_outputs(self, data: TaskData, batch_size: int | None = None) -> list[np.ndarray]:
+        """NER: per sentence, (n_words, L) tag probabilities (softmax) of each word's first sub-word, the one its
+        tag is read from; a word without tokens (cut off by truncation) is "O" with probability 1, as predict
+        tags it."""
+        if self.task != "ner":
+            raise ValueError(f"word_outputs() is for NER models, this one does {self.task}")
+        feats = self.featurize(data, with_labels=False)
+        assert feats.word_ids is not None
+        logits, _ = self.logits(feats, batch_size)
+        out = []
+        for tok_logits, wids, words in zip(logits, feats.word_ids, data.words or [], strict=True):
+            probs = np.zeros((len(words), len(self.labels)), dtype=np.float32)
+            probs[:, self.label2id.get("O", 0)] = 1.0
+            prev = None
+            for t, w in enumerate(wids):
+                if w is not None and w != prev:
+                    x = tok_logits[t]
+                    e = np.exp(x - x.max())
+                    probs[w] = e / e.sum()
+                prev = w
+            out.append(probs)
+        return out
 
     def tune_thresholds(self, dev: TaskData, batch_size: int | None = None) -> dict[str, float]:
         """Tune one threshold per label on labelled dev data (each label's best F1; ``bertkit.thresholds``), keep
@@ -285,13 +304,9 @@ class TaskModel:
         data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
         feats = self.featurize(data, with_labels=False)
         logits, _ = self.logits(feats, batch_size)
-        out = []
-        for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
-            tags = tags + ["O"] * (len(w) - len(tags))  # words cut off by truncation
-            ents = [{"type": t, "start": s, "end": e, "text": " ".join(w[s:e])}
-                    for t, s, e in sorted(M.entity_spans(tags), key=lambda x: x[1])]
-            out.append({"words": w, "tags": tags, "entities": ents})
-        return out
+        # words cut off by truncation get "O"
+        return [ner_prediction(w, tags + ["O"] * (len(w) - len(tags)))
+                for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True)]
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:

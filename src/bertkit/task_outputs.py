@@ -1,8 +1,9 @@
-"""From a sequence task's outputs to its predictions and metrics, the same for one model and for an ensemble.
+"""From a task's outputs to its predictions and metrics, the same for one model and for an ensemble.
 
 Outputs are what a model's logits mean: (n, L) class probabilities (softmax) for classification and pairs, (n, L)
-per-label probabilities (sigmoid) for multi-label, (n,) scores for regression. An ensemble averages these, then
-decides and scores exactly as a single model does.
+per-label probabilities (sigmoid) for multi-label, (n,) scores for regression; for NER, per sentence, the
+(n_words, L) tag probabilities of each word's first sub-word. An ensemble averages these, then decides and scores
+exactly as a single model does.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def sequence_predictions(task: str, labels: Sequence[str], outputs: np.ndarray,
         return [{"labels": [labels[i] for i in np.flatnonzero(p >= thresholds)], "probabilities": probabilities(p)}
                 for p in outputs]
     return [{"label": labels[int(p.argmax())], "probabilities": probabilities(p)} for p in outputs]
+
+
+def ner_prediction(words: list[str], tags: list[str]) -> dict[str, Any]:
+    """One sentence's words and tags -> {"words", "tags", "entities": [{"type", "start", "end", "text"}]}."""
+    entities = [{"type": t, "start": s, "end": e, "text": " ".join(words[s:e])}
+                for t, s, e in sorted(M.entity_spans(tags), key=lambda x: x[1])]
+    return {"words": words, "tags": tags, "entities": entities}
+
+
+def ner_metrics(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity precision / recall / F1 (seqeval's CoNLL chunking) and the accuracy over all words."""
+    out = M.entity_scores(true_tags, pred_tags)
+    out["token_accuracy"] = M.accuracy([t for s in true_tags for t in s], [t for s in pred_tags for t in s])
+    return out
 
 
 def per_label_table(per_label: dict[str, dict[str, float]]) -> list[str]:

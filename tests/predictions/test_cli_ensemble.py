@@ -114,3 +114,15 @@ def test_multilabel_threshold_flag(tmp_path, files, capsys, caplog):
     # everything predicted: neg and pos right, neu wrong on every example
     assert m["per_label"]["neg"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 6}
     assert m["per_label"]["neu"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_predict_ner_ensemble(tmp_path, files):
+    tags = ("O", "B-PER", "I-PER")
+    a = saved(tmp_path / "a", "ner", tags, seed=0).directory
+    b = saved(tmp_path / "b", "ner", tags, seed=1, variant="roberta").directory
+    out = files / "ner.jsonl"
+    assert main(["predict", str(a), str(b), "-i", str(files / "in.txt"), "-o", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    want = Ensemble.from_pretrained([a, b]).predict(TEXTS)
+    assert rows == want and [r["words"] for r in rows] == [t.split() for t in TEXTS]
+    assert main(["predict", str(a), str(b), "-i", str(files / "in.txt"), "-o", str(files / "ner.csv")]) == 2

@@ -70,13 +70,10 @@ def test_different_label_sets_are_refused_naming_both(members, tmp_path):
     assert str(members[0].directory) in msg and str(other.directory) in msg
 
 
-def test_other_tasks_ner_and_bad_weights_are_refused(members, tmp_path):
+def test_other_tasks_and_bad_weights_are_refused(members, tmp_path):
     multi = saved(tmp_path / "m", "multilabel", LABELS, seed=0)
     with pytest.raises(ValueError, match=r"different tasks: .* does classification, .* does multilabel"):
         Ensemble([members[0], multi])
-    ner = saved(tmp_path / "ner", "ner", ("O", "B-PER", "I-PER"), seed=0)
-    with pytest.raises(ValueError, match="NER models are not supported"):
-        Ensemble([ner, ner])
     with pytest.raises(ValueError, match="3 weights for 2"):
         Ensemble(members, weights=[1, 2, 3])
     with pytest.raises(ValueError, match="non-negative"):
@@ -136,3 +133,38 @@ def test_regression_averages_scores(tmp_path):
     out = Ensemble([a, b]).evaluate(data)
     assert out["mse"] == pytest.approx(np.mean((got - np.arange(6)) ** 2), rel=1e-5)
     assert "per_label" not in out
+
+
+TAGS = ("O", "B-PER", "I-PER", "B-LOC")
+SENTENCES = [t.split() for t in TEXTS]
+
+
+def test_ner_averages_word_probabilities(tmp_path):
+    """Members of two families (their tokenizers split words differently) meet at the words: each word's tag is
+    the argmax of the mean of the members' tag probabilities at its first sub-word; entities follow the tags."""
+    a = saved(tmp_path / "a", "ner", TAGS, seed=0)
+    b = permuted(saved(tmp_path / "b", "ner", TAGS, seed=1, variant="roberta"), ["B-LOC", "O", "I-PER", "B-PER"],
+                 tmp_path / "b")
+    data = TaskData("ner", [], None, [["O"] * len(w) for w in SENTENCES], SENTENCES, "in")
+    for m in (a, b):  # each member's word probabilities give its own predict()'s tags
+        tags = [[m.labels[i] for i in p.argmax(1)] for p in m.word_outputs(data)]
+        assert tags == [p["tags"] for p in m.predict(SENTENCES)]
+    col = [b.label2id[t] for t in TAGS]
+    mean = [(pa + pb[:, col]) / 2 for pa, pb in zip(a.word_outputs(data), b.word_outputs(data), strict=True)]
+    ens = Ensemble([a, b])
+    preds = ens.predict([" ".join(w) for w in SENTENCES])
+    assert [p["words"] for p in preds] == SENTENCES
+    assert [p["tags"] for p in preds] == [[TAGS[i] for i in m.argmax(1)] for m in mean]
+    assert [p["entities"] for p in preds] == [p["entities"] for p in
+                                              Ensemble([a, b]).predict(SENTENCES)]  # words or strings alike
+    assert Ensemble([a]).predict(SENTENCES) == a.predict(SENTENCES)  # one member: the model itself
+
+    gold = [["B-PER"] + ["O"] * (len(w) - 1) for w in SENTENCES]
+    scored = ens.evaluate(TaskData("ner", [], None, gold, SENTENCES, "dev"))
+    pred_tags = [p["tags"] for p in preds]
+    assert scored["f1"] == pytest.approx(M.entity_scores(gold, pred_tags)["f1"])
+    flat = np.concatenate(mean)
+    truth = [TAGS.index(t) for s in gold for t in s]
+    assert scored["loss"] == pytest.approx(-np.mean(np.log(flat[np.arange(len(truth)), truth])))
+    with pytest.raises(ValueError, match="B-ORG"):
+        ens.evaluate(TaskData("ner", [], None, [["B-ORG"]], [["hi"]], "dev.conll"))
