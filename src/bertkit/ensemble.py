@@ -34,6 +34,8 @@ log = logging.getLogger("bertkit")
 
 
 class Ensemble:
+    """Task models of one task and one label set; ``weights`` (default equal) are normalised to sum to 1."""
+
     def __init__(self, models: Sequence[TaskModel], weights: Sequence[float] | None = None) -> None:
         models = list(models)
         if not models:
