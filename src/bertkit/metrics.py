@@ -1,6 +1,7 @@
 """Evaluation metrics in plain numpy, with the semantics of scikit-learn and seqeval.
 
-Classification: accuracy, macro/micro F1, Matthews correlation (multi-class, as sklearn).
+Classification: accuracy, macro/micro F1, Matthews correlation (multi-class, as sklearn), per-label
+precision/recall/F1/support.
 Regression: Pearson and Spearman (average ranks for ties). Tagging: entity-level precision,
 recall and F1 over the spans of a tag scheme (``bertkit.data.tag_schemes``), where a span counts only when its type
 and both boundaries match (BIO: seqeval's default CoNLL chunking, an ``I-X`` that does not continue an ``X`` span
@@ -60,6 +61,28 @@ def f1(y_true: Sequence, y_pred: Sequence, average: str = "macro") -> float:
     if average == "macro":
         return float(np.mean([_f1(a, b, c) for a, b, c in zip(tp, fp, fn, strict=True)]))
     raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+
+
+def per_label_scores(y_true: Sequence, y_pred: Sequence, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each label, as scikit-learn's ``precision_recall_fscore_support``
+    (``average=None``, ``zero_division=0``, ``labels=range(len(names))``). y: (n,) class ids, or (n, L) 0/1 for
+    multi-label; ``names[i]`` names id / column i. Labels absent from both sides score 0 with support 0."""
+    t, p = _as_arrays(y_true, y_pred)
+    if t.ndim == 1:
+        ids = np.arange(len(names))
+        t, p = t[:, None] == ids[None, :], p[:, None] == ids[None, :]
+    elif t.shape[1] != len(names):
+        raise ValueError(f"{t.shape[1]} label columns, {len(names)} names")
+    t, p = t.astype(bool), p.astype(bool)
+    tp = (t & p).sum(0)
+    n_pred, n_true = p.sum(0), t.sum(0)
+    out = {}
+    for i, name in enumerate(names):
+        precision = tp[i] / n_pred[i] if n_pred[i] else 0.0
+        recall = tp[i] / n_true[i] if n_true[i] else 0.0
+        out[str(name)] = {"precision": float(precision), "recall": float(recall),
+                          "f1": _f1(tp[i], n_pred[i] - tp[i], n_true[i] - tp[i]), "support": int(n_true[i])}
+    return out
 
 
 def _f1(tp: float, fp: float, fn: float) -> float:

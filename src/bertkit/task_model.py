@@ -4,7 +4,8 @@ A saved task model is a Hugging Face directory in its family's layout (``config.
 ``label2id``/``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, ``roberta.*`` +
 ``classifier.dense/out_proj``, ``model.*`` + ``head.*`` ..., tokenizer files) that the family's
 ``XxxForSequenceClassification`` / ``XxxForTokenClassification`` load with the same predictions, plus
-``bertkit_task.json`` (task name, max_length). ``load_task_model`` also reads directories written by transformers
+``bertkit_task.json`` (task name, max_length, labels, and a multi-label model's tuned thresholds, see
+``bertkit.thresholds``). ``load_task_model`` also reads directories written by transformers
 itself, of any family; the task is then inferred from the config.
 """
 
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from bertkit import metrics as M
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tag_schemes import check_scheme, resolve_scheme, scheme_of_labels
 from bertkit.data.tasks import TaskData
@@ -34,6 +34,8 @@ from bertkit.inference.token_aggregation import TokenAggregator, check_strategy
 from bertkit.model.attention import attn_implementation_of, to_grid
 from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
 from bertkit.model.heads import PROBLEM_TYPE, SequenceClassifier, TokenClassifier, build_head, strip_task_keys
+from bertkit.task_outputs import ner_metrics, ner_prediction, outputs_of, sequence_metrics, sequence_predictions
+from bertkit.thresholds import FIXED, Choice, check_thresholds, decision_thresholds, tune_thresholds
 from bertkit.utils.atomic import atomic_write_text
 from bertkit.utils.runtime import pick_device, tune_allocator
 
@@ -51,7 +53,7 @@ __all__ = ["MAIN_METRIC", "MULTILABEL_THRESHOLD", "PROBLEM_TYPE", "TASK_FILE", "
 MAIN_METRIC = {"classification": ("accuracy", True), "pair-classification": ("accuracy", True),
                "multilabel": ("micro_f1", True), "regression": ("pearson", True), "ner": ("f1", True),
                "qa": ("f1", True)}  # qa: SQuAD F1 of a QAModel (bertkit.qa_model)
-MULTILABEL_THRESHOLD = 0.5
+MULTILABEL_THRESHOLD = FIXED  # the default cut; a model may carry per-label tuned ones
 
 
 class TaskModel:
@@ -69,6 +71,7 @@ class TaskModel:
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
         # ner: the tag scheme (bertkit.data.tag_schemes); without one, the one the labels are written in
         self.scheme = check_scheme(scheme) if scheme else scheme_of_labels(self.labels) if task == "ner" else None
+        self.thresholds: dict[str, float] | None = None  # multilabel: per-label thresholds tuned on dev, if any
 
     # ---- load / save ----------------------------------------------------------------------
     @property
@@ -109,6 +112,7 @@ class TaskModel:
         eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
         max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
         model = cls(head, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
+        model.read_thresholds(meta, d / TASK_FILE)
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
 
@@ -124,11 +128,31 @@ class TaskModel:
         self.model.save_pretrained(d, id2label)
         if tokenizer:
             self.tokenizer.save(d)
-        meta = {"task": self.task, "max_length": self.max_length, "labels": self.labels}
+        atomic_write_text(d / TASK_FILE, json.dumps(self.task_meta(), indent=2) + "\n")
+        return d
+
+    def task_meta(self) -> dict[str, Any]:
+        """What ``bertkit_task.json`` holds: task, max_length, labels, a NER model's tag scheme, and tuned thresholds
+        when there are."""
+        meta: dict[str, Any] = {"task": self.task, "max_length": self.max_length, "labels": self.labels}
         if self.scheme:
             meta["scheme"] = self.scheme
-        atomic_write_text(d / TASK_FILE, json.dumps(meta, indent=2) + "\n")
-        return d
+        if self.thresholds is not None:
+            meta["thresholds"] = self.thresholds
+        return meta
+
+    def read_thresholds(self, meta: dict[str, Any], source: Path) -> None:
+        """Take the tuned thresholds of a ``bertkit_task.json`` (``meta``), checked against the labels."""
+        if meta.get("thresholds") is None:
+            return
+        if self.task != "multilabel":
+            raise CheckpointError(f"{source}: 'thresholds' are for multilabel models, this one does {self.task}")
+        try:
+            self.thresholds = check_thresholds(meta["thresholds"], self.labels, str(source))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        log.info("%s: has %s; they decide unless a threshold ('fixed' for 0.5, or a number) is given",
+                 source.parent, self.decision_thresholds()[1])
 
     @property
     def device(self) -> torch.device:
@@ -184,8 +208,10 @@ class TaskModel:
 
     # ---- public API -----------------------------------------------------------------------
     def evaluate(self, data: TaskData | Features, batch_size: int | None = None,
-                 gold: TaskData | None = None) -> dict[str, float]:
-        """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
+                 gold: TaskData | None = None, threshold: Choice = None) -> dict[str, Any]:
+        """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes); classification
+        and multi-label also give ``per_label``: {name: {precision, recall, f1, support}}. threshold (multi-label):
+        None (the tuned thresholds if the model has them, else 0.5), "tuned", "fixed" (0.5), or a number."""
         if isinstance(data, TaskData):
             if self.task == "ner":
                 resolve_scheme(self.scheme, data)  # gold tags that break the model's scheme: an error naming them
@@ -194,32 +220,63 @@ class TaskModel:
             feats = data
         if gold is None:
             raise ValueError("evaluate(features) needs gold=TaskData")
+        cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
         logits, loss = self.logits(feats, batch_size)
-        out: dict[str, float] = {"loss": loss}
-        if self.task == "regression":
-            pred = np.array([float(x[0]) for x in logits])
-            true = np.array(gold.labels, dtype=float)
-            out.update(pearson=M.pearson(true, pred), spearman=M.spearman(true, pred),
-                       mse=float(np.mean((pred - true) ** 2)))
-        elif self.task == "multilabel":
-            pred = np.stack([1 / (1 + np.exp(-x)) >= MULTILABEL_THRESHOLD for x in logits]).astype(int)
-            true = np.array(feats.labels, dtype=int)
-            out.update(micro_f1=M.f1(true, pred, "micro"), macro_f1=M.f1(true, pred, "macro"),
-                       subset_accuracy=float(np.mean((pred == true).all(axis=1))))
-        elif self.task == "ner":
+        out: dict[str, Any] = {"loss": loss}
+        if self.task == "ner":
             # words cut off by truncation (or that tokenize to nothing) have no prediction: "O", as in predict()
             pred_tags = [tags + ["O"] * (len(true) - len(tags))
                          for tags, true in zip(self._word_tags(logits, feats), gold.labels, strict=True)]
-            out.update(M.entity_scores(gold.labels, pred_tags, self.scheme or "bio"))
-            flat_true = [t for s in gold.labels for t in s]
-            flat_pred = [t for s in pred_tags for t in s]
-            out["token_accuracy"] = M.accuracy(flat_true, flat_pred)
+            out.update(ner_metrics(gold.labels, pred_tags, self.scheme or "bio"))
         else:
-            pred = np.array([int(x.argmax()) for x in logits])
-            true = np.array(feats.labels)
-            out.update(accuracy=M.accuracy(true, pred), macro_f1=M.f1(true, pred, "macro"),
-                       micro_f1=M.f1(true, pred, "micro"), mcc=M.matthews_corrcoef(true, pred))
+            truth = np.array(gold.labels if self.task == "regression" else feats.labels)
+            out.update(sequence_metrics(self.task, self.labels, outputs_of(self.task, np.stack(logits)), truth, cuts))
         return out
+
+    def decision_thresholds(self, threshold: Choice = None) -> tuple[np.ndarray, str]:
+        """(L,) thresholds a multi-label prediction uses, and words saying which (see ``bertkit.thresholds``)."""
+        return decision_thresholds(threshold, self.thresholds, self.labels)
+
+    def outputs(self, data: TaskData, batch_size: int | None = None) -> np.ndarray:
+        """(n, L) probabilities (softmax; sigmoid for multilabel) or (n,) regression scores of a sequence task."""
+        if self.task == "ner":
+            raise ValueError("outputs() is for sequence tasks; a NER model's are per token (use predict)")
+        logits, _ = self.logits(self.featurize(data, with_labels=False), batch_size)
+        return outputs_of(self.task, np.stack(logits))
+
+    def word_outputs(self, data: TaskData, batch_size: int | None = None) -> list[np.ndarray]:
+        """NER: per sentence, (n_words, L) tag probabilities (softmax) of each word's first sub-word, the one its
+        tag is read from; a word without tokens (cut off by truncation) is "O" with probability 1, as predict
+        tags it."""
+        if self.task != "ner":
+            raise ValueError(f"word_outputs() is for NER models, this one does {self.task}")
+        feats = self.featurize(data, with_labels=False)
+        assert feats.word_ids is not None
+        logits, _ = self.logits(feats, batch_size)
+        out = []
+        for tok_logits, wids, words in zip(logits, feats.word_ids, data.words or [], strict=True):
+            probs = np.zeros((len(words), len(self.labels)), dtype=np.float32)
+            probs[:, self.label2id.get("O", 0)] = 1.0
+            prev = None
+            for t, w in enumerate(wids):
+                if w is not None and w != prev:
+                    x = tok_logits[t]
+                    e = np.exp(x - x.max())
+                    probs[w] = e / e.sum()
+                prev = w
+            out.append(probs)
+        return out
+
+    def tune_thresholds(self, dev: TaskData, batch_size: int | None = None) -> dict[str, float]:
+        """Tune one threshold per label on labelled dev data (each label's best F1; ``bertkit.thresholds``), keep
+        them on the model (``save_pretrained`` writes them) and return them."""
+        if self.task != "multilabel":
+            raise ValueError(f"thresholds are tuned for multilabel models, this one does {self.task}")
+        truth = np.array(self.featurize(dev).labels, dtype=int)
+        tuned = tune_thresholds(self.outputs(dev, batch_size), truth)
+        self.thresholds = {name: float(t) for name, t in zip(self.labels, tuned, strict=True)}
+        log.info("tuned on %s (%d examples): %s", dev.source, len(dev), self.decision_thresholds("tuned")[1])
+        return dict(self.thresholds)
 
     def _word_tags(self, logits: list[np.ndarray], feats: Features) -> list[list[str]]:
         """Token logits -> one tag per word (its first sub-word's); words without tokens get "O"."""
@@ -236,8 +293,9 @@ class TaskModel:
         return result
 
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int | None = None, aggregation_strategy: str | None = None) -> list[dict[str, Any]]:
-        """Predictions in input order.
+                batch_size: int | None = None, threshold: Choice = None, aggregation_strategy: str | None = None
+                ) -> list[dict[str, Any]]:
+        """Predictions in input order (threshold: multi-label only, as in ``evaluate``).
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
         regression: {"score"}
@@ -255,39 +313,19 @@ class TaskModel:
             return self._predict_text(texts, check_strategy(aggregation_strategy), batch_size)
         if not texts:
             return []
-        if self.task == "ner":
-            words = [t.split() if isinstance(t, str) else list(t) for t in texts]
-            data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
-        else:
+        if self.task != "ner":
             if self.task == "pair-classification" and pairs is None:
                 raise ValueError("this model classifies text pairs: pass pairs=[...]")
-            data = TaskData(self.task, list(texts), None if pairs is None else list(pairs),
-                            [], None, "input")
+            data = TaskData(self.task, list(texts), None if pairs is None else list(pairs), [], None, "input")
+            cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
+            return sequence_predictions(self.task, self.labels, self.outputs(data, batch_size), cuts)
+        words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+        data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
         feats = self.featurize(data, with_labels=False)
         logits, _ = self.logits(feats, batch_size)
-        if self.task == "ner":
-            out = []
-            for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
-                tags = tags + ["O"] * (len(w) - len(tags))  # words cut off by truncation
-                spans = [] if self.scheme == "plain" else M.entity_spans(tags, self.scheme or "bio")
-                ents = [{"type": t, "start": s, "end": e, "text": " ".join(w[s:e])}
-                        for t, s, e in sorted(spans, key=lambda x: x[1])]
-                out.append({"words": w, "tags": tags, "entities": ents})
-            return out
-        if self.task == "regression":
-            return [{"score": float(x[0])} for x in logits]
-        if self.task == "multilabel":
-            probs = [1 / (1 + np.exp(-x)) for x in logits]
-            return [{"labels": [self.labels[i] for i in np.flatnonzero(p >= MULTILABEL_THRESHOLD)],
-                     "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}}
-                    for p in probs]
-        result = []
-        for x in logits:
-            p = np.exp(x - x.max())
-            p /= p.sum()
-            result.append({"label": self.labels[int(p.argmax())],
-                           "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
-        return result
+        # words cut off by truncation get "O"
+        return [ner_prediction(w, tags + ["O"] * (len(w) - len(tags)), self.scheme or "bio")
+                for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True)]
 
     def _predict_text(self, texts: Sequence[str], strategy: str, batch_size: int | None) -> list[dict[str, Any]]:
         """Raw-text NER: tokenize with offsets, tag every token, aggregate as transformers' pipeline."""

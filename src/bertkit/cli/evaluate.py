@@ -1,20 +1,25 @@
-"""``bertkit evaluate DIR (--dataset NAME [--split test] | --data FILE) [--json]``: metrics of a task model."""
+"""``bertkit evaluate DIR [DIR ...] (--dataset NAME [--split test] | --data FILE) [--json]``: metrics of a task model
+(several directories: of their ensemble), with a per-label table for classification and multi-label."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.engine_args import add_engine_args
+from bertkit.cli.model_args import add_model_args, model_from_args
 from bertkit.data.tasks import check_labels_among, load_builtin, read_task_file
-from bertkit.loader import load_task_model
+from bertkit.task_outputs import per_label_table
 from bertkit.train.finetune import CONFIG_FILE
+
+log = logging.getLogger("bertkit")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a fine-tuned model on a dataset split or a labelled file")
-    p.add_argument("model_dir", help="directory written by `bertkit finetune` (or a transformers BertFor* model)")
+    add_model_args(p, "directory written by `bertkit finetune` (or a transformers XxxFor* model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="built-in dataset name")
     src.add_argument("--data", help="labelled file (.csv/.tsv/.jsonl/.parquet; NER also .conll; QA SQuAD .json/.jsonl)")
@@ -38,7 +43,7 @@ def training_seed(model_dir: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_task_model(args.model_dir, engine=engine_from_args(args))
+    model = model_from_args(args)
     if model.task == "qa":
         if not args.data:
             raise ValueError("a question-answering model is evaluated on a SQuAD-style file: --data FILE")
@@ -46,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
         source, metrics = evaluate_file(model, args.data)
     elif args.dataset:
-        seed = args.seed if args.seed is not None else training_seed(Path(args.model_dir))
+        seeds = sorted({training_seed(Path(d)) for d in args.model_dir})
+        if args.seed is None and len(seeds) > 1:
+            log.warning("the ensemble's models were trained with the split seeds %s: evaluating on seed %d's split "
+                        "(--seed to choose); the others may have trained on some of its examples", seeds, seeds[0])
+        seed = args.seed if args.seed is not None else training_seed(Path(args.model_dir[0]))
         data = load_builtin(args.dataset, seed=seed)[args.split]
     else:
         data = read_task_file(args.data, model.task, text_column=args.text_column,
@@ -55,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     if model.task != "qa":
         check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
                            "the model cannot predict them")
-        source, metrics = data.source, {"examples": len(data), **model.evaluate(data)}
+        source, metrics = data.source, {"examples": len(data), **model.evaluate(data, threshold=args.threshold)}
     if args.json:
         print(json.dumps(metrics))
     else:
         print(f"{source}: {metrics['examples']} examples, task {model.task}")
+        per_label = metrics.pop("per_label", None)
         for k, v in metrics.items():
             print(f"  {k:<16} {v:.4f}" if isinstance(v, float) else f"  {k:<16} {v}")
+        if per_label:
+            print("\n".join("  " + line for line in per_label_table(per_label)))
     return 0

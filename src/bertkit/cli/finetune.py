@@ -22,7 +22,7 @@ from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from
 from bertkit.data.tag_schemes import AUTO, SCHEMES
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
 from bertkit.train.distributed import is_main_process
-from bertkit.train.finetune import FinetuneConfig, finetune
+from bertkit.train.finetune import THRESHOLD_MODES, FinetuneConfig, finetune
 
 KIND = ""  # fine-tuning recipes sit in recipes/ itself, next to the pretraining ones
 # what DataConfig's annotations cannot say; shared with `bertkit distill`, whose data fields are the same
@@ -37,13 +37,16 @@ DATA_FLAGS: dict[str, dict] = {
 # ner only (FinetuneConfig's own field, not DataConfig's)
 SCHEME_FLAG = {"scheme": dict(choices=(AUTO, *SCHEMES), help="ner tag scheme (default auto: detected on the data "
                                                              "and logged)")}
+THRESHOLDS_FLAG = dict(choices=THRESHOLD_MODES, help="multilabel: per-label thresholds tuned on dev (default) or "
+                                                     "the fixed 0.5")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_command(sub, "finetune",
                        "fine-tune a task model (classification, pairs, multilabel, regression, ner, qa)", __doc__,
                        FinetuneConfig,
-                       {**DATA_FLAGS, **SCHEME_FLAG, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa"))}, KIND,
+                       {**DATA_FLAGS, **SCHEME_FLAG, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa")),
+                        "thresholds": THRESHOLDS_FLAG}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun: one report, rank 0's
         return 0
     summary = {"output": str(result.output_dir), "stopped": result.state.stopped, "steps": result.state.step,
-               "best_step": result.state.best_step, "dev": result.dev, "test": result.test}
+               "best_step": result.state.best_step, "dev": result.dev, "test": result.test,
+               **({"thresholds": result.thresholds} if result.thresholds else {})}
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""``bertkit predict DIR --input FILE --output FILE``: labels and probabilities (words and tags for NER).
+"""``bertkit predict DIR [DIR ...] --input FILE --output FILE``: labels and probabilities (words and tags for NER);
+several directories: their ensemble's averaged probabilities.
 
 Input: .txt (one text per line; for NER one sentence per line, words split on whitespace), .jsonl
 (field ``text``, ``text_pair``; NER ``tokens``; question answering ``question``, ``context``), .csv/.tsv, .conll
@@ -15,12 +16,12 @@ import csv
 import json
 from pathlib import Path
 
-from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.engine_args import add_engine_args
+from bertkit.cli.model_args import add_model_args, model_from_args
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_text_pairs, read_texts
 from bertkit.errors import InputFileError
 from bertkit.inference.token_aggregation import STRATEGIES
-from bertkit.loader import load_task_model
 from bertkit.utils.atomic import atomic_path
 from bertkit.utils.output_paths import check_output_file
 
@@ -29,7 +30,7 @@ OUTPUT_FORMATS = (".jsonl", ".csv")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict labels (or NER tags) for a file of texts")
-    p.add_argument("model_dir")
+    add_model_args(p, "task model directory")
     p.add_argument("--input", "-i", required=True)
     p.add_argument("--output", "-o", required=True, help=".jsonl or .csv")
     p.add_argument("--text-column", default=None, help="default text (NER .jsonl: tokens)")
@@ -70,7 +71,7 @@ def _jsonl_words(path: Path, field: str) -> list[list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.output, OUTPUT_FORMATS)  # fail before any work, naming the path
-    model = load_task_model(args.model_dir, engine=engine_from_args(args))
+    model = model_from_args(args)
     if model.task == "qa":
         from bertkit.cli.qa import predict_file
 
@@ -80,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")
     if args.aggregation_strategy is not None:
         if model.task != "ner":
-            raise ValueError(f"--aggregation-strategy applies to NER models; {args.model_dir} is {model.task}")
+            raise ValueError(f"--aggregation-strategy applies to NER models; {args.model_dir[0]} is {model.task}")
         texts, pairs = read_texts(Path(args.input), args.text_column), None
+        preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy)
     else:
         texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
-    preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy)
+        preds = model.predict(texts, pairs, threshold=args.threshold)
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for i, p in enumerate(preds):

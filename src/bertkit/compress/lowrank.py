@@ -398,8 +398,7 @@ def save_lowrank(model: TaskModel | BertModel, directory: str | os.PathLike[str]
                       "id2label": {str(i): n for i, n in enumerate(labels)},
                       "label2id": {n: i for i, n in enumerate(labels)}, "problem_type": head.problem_type})
         model.tokenizer.save(d)
-        atomic_write_text(d / TASK_FILE, json.dumps({"task": model.task, "max_length": model.max_length,
-                                                     "labels": model.labels}, indent=2) + "\n")
+        atomic_write_text(d / TASK_FILE, json.dumps(model.task_meta(), indent=2) + "\n")
     write_safetensors({**state, **factors}, d)
     write_config(dataclasses.replace(encoder.config, extra=extra), d)  # last: the directory is complete once it exists
     return d
@@ -483,7 +482,9 @@ def load_lowrank(directory: str | os.PathLike[str], device: str | torch.device |
     engine = Engine()
     engine.prepare(encoder, tokenizer, dev, str(d))
     max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
-    return TaskModel(head, tokenizer, task, labels, max_length, d, engine, scheme=meta.get("scheme"))
+    tm = TaskModel(head, tokenizer, task, labels, max_length, d, engine, scheme=meta.get("scheme"))
+    tm.read_thresholds(meta, d / TASK_FILE)  # a multi-label model's tuned thresholds carry over
+    return tm
 
 
 __all__ = ["LAYER_LINEARS", "LayerReport", "LowRankLinear", "LowRankReport", "densify", "factorize",

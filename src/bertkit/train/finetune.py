@@ -10,6 +10,10 @@ Stability options (Mosbach et al. 2021; Zhang et al. 2021 "Revisiting few-sample
 all off by default: layer-wise LR decay, re-initialising the top k layers, freezing the embeddings
 and the bottom k layers.
 
+Multi-label models get one decision threshold per label, tuned on dev after training (``thresholds="tuned"``, the
+default; ``bertkit.thresholds``) and saved in ``bertkit_task.json``; ``results.json`` compares dev/test micro and
+macro F1 with the fixed 0.5 and with the tuned thresholds.
+
 Under ``torchrun`` (DDP) ``batch_size`` stays the global batch, what one process would take: each rank trains on
 its slice of every batch, so N ranks give the model one process gives; rank 0 writes every file.
 """
@@ -37,7 +41,7 @@ from bertkit.errors import BertkitError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
-from bertkit.task_model import MAIN_METRIC, TaskModel, build_head
+from bertkit.task_model import MAIN_METRIC, TASK_FILE, TaskModel, build_head
 from bertkit.train.distributed import DistInfo, init_distributed, rank_share
 from bertkit.train.finetune_setup import (  # importable from here too, as before
     CONFIG_FILE,
@@ -90,6 +94,7 @@ class FinetuneConfig(DataConfig):
     max_answer_length: int = 15  # qa: longest answer, in tokens
     null_threshold: float | None = None  # qa: answer "" when no-answer beats the best span by this (v2-style data)
     scheme: str = AUTO  # ner tag scheme: auto (detected, logged), bio, iob1, bioes, bilou or plain
+    thresholds: str = "tuned"  # multilabel: "tuned" (per label, on dev, saved with the model) or "fixed" (0.5)
     training: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -186,6 +191,8 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
 
         return finetune_qa(output_dir, cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
     check_task(cfg.task)
+    if cfg.thresholds not in THRESHOLD_MODES:
+        raise ValueError(f"thresholds={cfg.thresholds!r}: must be one of {', '.join(THRESHOLD_MODES)}")
     # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])
     out = Path(output_dir)
@@ -236,10 +243,43 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
         tm, head, tcfg, train_feats, tm.loss, out, fingerprint=fingerprint, callbacks=callbacks, resume=resume,
         dist=dist, dev=dev, dev_feats=dev_feats, test=test,
         find_unused_parameters=pooler_unused(head))
+    report = None
+    if cfg.task == "multilabel":
+        dev_metrics, test_metrics, report = settle_thresholds(best, cfg.thresholds, dev, test, dev_metrics,
+                                                              test_metrics, out if dist.is_main else None)
     results = {"task": cfg.task, "dataset": cfg.dataset or cfg.train_file, **summary,
                "train_tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
-               "world_size": dist.world_size, "dev": dev_metrics, "test": test_metrics}
+               "world_size": dist.world_size, "dev": dev_metrics, "test": test_metrics,
+               **({"thresholds": report} if report else {})}
     if dist.is_main:
         atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     dist.barrier()
-    return FinetuneResult(out, state, dev_metrics, test_metrics, best)
+    return FinetuneResult(out, state, dev_metrics, test_metrics, best, thresholds=report)
+
+
+THRESHOLD_MODES = ("tuned", "fixed")
+
+
+def settle_thresholds(best: TaskModel, mode: str, dev: TaskData | None, test: TaskData | None,
+                      dev_fixed: dict[str, Any] | None, test_fixed: dict[str, Any] | None, out: Path | None
+                      ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
+    """A trained multi-label model's thresholds: tuned on dev and saved in ``out``'s task file (None: another rank
+    writes it), or the fixed 0.5. Returns the dev and test metrics with the thresholds the model now uses, and a
+    report: which ones, their values, and dev/test micro/macro F1 with the fixed and the tuned ones."""
+    if mode == "fixed" or dev is None or not len(dev):
+        if mode == "tuned":
+            log.warning("no dev set to tune the multilabel thresholds on: the model predicts with the fixed 0.5")
+        return dev_fixed, test_fixed, {"used": "fixed", "values": None}
+    best.tune_thresholds(dev)
+    if out is not None:
+        atomic_write_text(out / TASK_FILE, json.dumps(best.task_meta(), indent=2) + "\n")
+    dev_tuned = best.evaluate(dev)
+    test_tuned = best.evaluate(test) if test is not None and len(test) else None
+    report: dict[str, Any] = {"used": "tuned", "values": best.thresholds}
+    for split, fixed, tuned in (("dev", dev_fixed, dev_tuned), ("test", test_fixed, test_tuned)):
+        if fixed is not None and tuned is not None:
+            report[split] = {kind: {k: m[k] for k in ("micro_f1", "macro_f1")}
+                             for kind, m in (("fixed", fixed), ("tuned", tuned))}
+            log.info("%s micro/macro F1: fixed 0.5 %.4f/%.4f, tuned %.4f/%.4f", split, fixed["micro_f1"],
+                     fixed["macro_f1"], tuned["micro_f1"], tuned["macro_f1"])
+    return dev_tuned, test_tuned, report

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class FinetuneResult:
     dev: dict[str, float] | None
     test: dict[str, float] | None
     model: Any  # the TaskModel (a QAModel for question answering)
+    # multilabel: which thresholds, and F1 with fixed vs tuned (keyword-only: subclasses add positional fields)
+    thresholds: dict[str, Any] | None = field(default=None, kw_only=True)
 
 
 def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool, ours: tuple[str, ...] = OUR_FILES) -> None:

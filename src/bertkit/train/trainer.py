@@ -373,7 +373,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                              enabled=self.autocast_dtype is not None):
-            metrics = {k: float(v) for k, v in self.evaluate_fn(self.module).items()}
+            # scalars only: nested results (a task model's per_label table) stay out of metrics.jsonl and the log
+            metrics = {k: float(v) for k, v in self.evaluate_fn(self.module).items() if not isinstance(v, dict)}
         self.model.train()
         if self.metric not in metrics:
             raise ValueError(f"metric {self.metric!r} is not among the eval metrics: {', '.join(metrics)}")

@@ -150,8 +150,7 @@ def save_compressed(model: TaskModel | Encoder, directory: str | os.PathLike[str
     write_safetensors(state, d)
     model.tokenizer.save(d)
     if isinstance(model, TaskModel):
-        atomic_write_text(d / TASK_FILE, json.dumps({"task": model.task, "max_length": model.max_length,
-                                                     "labels": model.labels}, indent=2) + "\n")
+        atomic_write_text(d / TASK_FILE, json.dumps(model.task_meta(), indent=2) + "\n")
     else:
         (d / TASK_FILE).unlink(missing_ok=True)  # a task file left from an earlier save would make this a task model
         atomic_write_text(d / "sentence_bert_config.json",
@@ -277,7 +276,9 @@ def load_compressed(directory: str | os.PathLike[str], device: str | torch.devic
     eng.prepare(encoder, tokenizer, dev, str(d))
     if is_task:
         max_length = int(meta.get("max_length") or min(512, cfg.max_tokens))
-        return TaskModel(module, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
+        tm = TaskModel(module, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
+        tm.read_thresholds(meta, d / TASK_FILE)  # a multi-label model's tuned thresholds carry over
+        return tm
     enc = Encoder(encoder, tokenizer, default_max_length(d, cfg.max_tokens), name=str(d),
                   source_dir=d, engine=eng)
     enc.sentence = SentenceConfig.read(d, cfg.hidden_size)
