@@ -4,7 +4,8 @@ A saved task model is a Hugging Face directory in its family's layout (``config.
 ``label2id``/``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, ``roberta.*`` +
 ``classifier.dense/out_proj``, ``model.*`` + ``head.*`` ..., tokenizer files) that the family's
 ``XxxForSequenceClassification`` / ``XxxForTokenClassification`` load with the same predictions, plus
-``bertkit_task.json`` (task name, max_length). ``load_task_model`` also reads directories written by transformers
+``bertkit_task.json`` (task name, max_length, and how long inputs are read: ``long_inputs``, ``stride``,
+``window_pooling``; see ``bertkit.data.chunking``). ``load_task_model`` also reads directories written by transformers
 itself, of any family; the task is then inferred from the config.
 """
 
@@ -23,11 +24,13 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from bertkit import metrics as M
+from bertkit.data.chunking import check_long_inputs, reassemble
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
+from bertkit.data.windows import WINDOW_POOLING
 from bertkit.encoder import check_vocabulary, engine_options
-from bertkit.errors import CheckpointError
+from bertkit.errors import CheckpointError, ConfigError
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import attn_implementation_of, to_grid
 from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
@@ -54,7 +57,11 @@ MULTILABEL_THRESHOLD = 0.5
 class TaskModel:
     def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: Tokenizer, task: str,
                  labels: Sequence[str], max_length: int, directory: Path | None = None,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, *, long_inputs: str = "truncate", stride: int | None = None,
+                 window_pooling: str = "mean") -> None:
+        """long_inputs: "truncate" (read the first max_length tokens) or "chunk" (read every token, in windows
+        overlapping by ``stride`` tokens, None: a quarter of the window; sequence tasks pool the windows' logits
+        by ``window_pooling``, "mean" or "max"). ``predict``/``evaluate``/``featurize`` override them per call."""
         self.model = head  # the encoder with its classifier (an nn.Module); ``head`` is its old name
         self.tokenizer = tokenizer
         self.task = task
@@ -64,6 +71,9 @@ class TaskModel:
         self.directory = directory
         self.engine = engine or Engine()
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
+        self.long_inputs = check_long_inputs(long_inputs)
+        self.stride = stride
+        self.window_pooling = _check_pooling(window_pooling)
 
     # ---- load / save ----------------------------------------------------------------------
     @property
@@ -103,7 +113,9 @@ class TaskModel:
         eng = Engine(options)
         eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
         max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
-        model = cls(head, tokenizer, task, labels, max_length, d, eng)
+        model = cls(head, tokenizer, task, labels, max_length, d, eng,
+                    long_inputs=meta.get("long_inputs") or "truncate", stride=meta.get("stride"),
+                    window_pooling=meta.get("window_pooling") or "mean")
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
 
@@ -120,7 +132,9 @@ class TaskModel:
         if tokenizer:
             self.tokenizer.save(d)
         atomic_write_text(d / TASK_FILE, json.dumps({"task": self.task, "max_length": self.max_length,
-                                                     "labels": self.labels}, indent=2) + "\n")
+                                                     "labels": self.labels, "long_inputs": self.long_inputs,
+                                                     "stride": self.stride, "window_pooling": self.window_pooling},
+                                                    indent=2) + "\n")
         return d
 
     @property
@@ -128,10 +142,16 @@ class TaskModel:
         return next(self.model.parameters()).device
 
     # ---- batches and logits ---------------------------------------------------------------
-    def featurize(self, data: TaskData, with_labels: bool = True) -> Features:
+    def featurize(self, data: TaskData, with_labels: bool = True, long_inputs: str | None = None,
+                  stride: int | None = None) -> Features:
+        """Token ids (and labels) of ``data``; long_inputs/stride None: the model's own setting."""
         if data.task != self.task and {data.task, self.task} != {"classification", "pair-classification"}:
             raise ValueError(f"{data.source}: data is for task {data.task!r}, this model does {self.task!r}")
-        feats = featurize(data, self.tokenizer, self.max_length, self.label2id if with_labels else None)
+        long_inputs = check_long_inputs(long_inputs or self.long_inputs)
+        feats = featurize(data, self.tokenizer, self.max_length, self.label2id if with_labels else None,
+                          long_inputs, self.stride if stride is None else stride)
+        if feats.windows is not None:
+            feats.windows.log(data.source, self.max_length)
         if feats.n_truncated:
             log.warning("%s: %d of %d examples were longer than max_length=%d tokens and were truncated",
                         data.source, feats.n_truncated, len(feats), self.max_length)
@@ -153,8 +173,14 @@ class TaskModel:
         logits = torch.from_numpy(self.onnx.run(grid.numpy(), mask.long().numpy(), types.numpy())["logits"])
         return logits[seg, pos] if self.task == "ner" else logits
 
-    def logits(self, feats: Features, batch_size: int | None = None) -> tuple[list[np.ndarray], float]:
-        """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss."""
+    def logits(self, feats: Features, batch_size: int | None = None,
+               window_pooling: str | None = None) -> tuple[list[np.ndarray], float]:
+        """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss.
+
+        Windowed features (long_inputs="chunk") run window by window and come back one per example: sequence tasks
+        pool the windows' logits (``window_pooling``, None: the model's), ner takes each token's row from its most
+        central window (rows then follow the example's content tokens); the loss is the windows' mean."""
+        pooling = _check_pooling(window_pooling or self.window_pooling)
         self.model.eval()
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
         loss_sum, units = 0.0, 0
@@ -173,19 +199,24 @@ class TaskModel:
                 else:
                     for j, i in enumerate(b.indices):
                         out[i] = arr[j]
+        if feats.windows is not None:
+            out = reassemble(out, feats.windows, self.task == "ner", pooling)
         return out, loss_sum / max(units, 1)
 
     # ---- public API -----------------------------------------------------------------------
     def evaluate(self, data: TaskData | Features, batch_size: int | None = None,
-                 gold: TaskData | None = None) -> dict[str, float]:
-        """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes)."""
+                 gold: TaskData | None = None, *, long_inputs: str | None = None, stride: int | None = None,
+                 window_pooling: str | None = None) -> dict[str, float]:
+        """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes); long inputs
+        are read as ``long_inputs``/``stride``/``window_pooling`` say (None: the model's setting)."""
         if isinstance(data, TaskData):
-            gold, feats = data, self.featurize(data)
+            gold, feats = data, self.featurize(data, long_inputs=long_inputs, stride=stride)
         else:
             feats = data
         if gold is None:
             raise ValueError("evaluate(features) needs gold=TaskData")
-        logits, loss = self.logits(feats, batch_size)
+        logits, loss = self.logits(feats, batch_size, window_pooling)
+        true_labels = feats.labels if feats.windows is None else feats.example_labels
         out: dict[str, float] = {"loss": loss}
         if self.task == "regression":
             pred = np.array([float(x[0]) for x in logits])
@@ -194,7 +225,7 @@ class TaskModel:
                        mse=float(np.mean((pred - true) ** 2)))
         elif self.task == "multilabel":
             pred = np.stack([1 / (1 + np.exp(-x)) >= MULTILABEL_THRESHOLD for x in logits]).astype(int)
-            true = np.array(feats.labels, dtype=int)
+            true = np.array(true_labels, dtype=int)
             out.update(micro_f1=M.f1(true, pred, "micro"), macro_f1=M.f1(true, pred, "macro"),
                        subset_accuracy=float(np.mean((pred == true).all(axis=1))))
         elif self.task == "ner":
@@ -207,16 +238,17 @@ class TaskModel:
             out["token_accuracy"] = M.accuracy(flat_true, flat_pred)
         else:
             pred = np.array([int(x.argmax()) for x in logits])
-            true = np.array(feats.labels)
+            true = np.array(true_labels)
             out.update(accuracy=M.accuracy(true, pred), macro_f1=M.f1(true, pred, "macro"),
                        micro_f1=M.f1(true, pred, "micro"), mcc=M.matthews_corrcoef(true, pred))
         return out
 
     def _word_tags(self, logits: list[np.ndarray], feats: Features) -> list[list[str]]:
         """Token logits -> one tag per word (its first sub-word's); words without tokens get "O"."""
-        assert feats.word_ids is not None
+        word_ids = feats.word_ids if feats.windows is None else feats.windows.example_word_ids
+        assert word_ids is not None
         result = []
-        for tok_logits, wids in zip(logits, feats.word_ids, strict=True):
+        for tok_logits, wids in zip(logits, word_ids, strict=True):
             n_words = max((w for w in wids if w is not None), default=-1) + 1
             tags, prev = {}, None
             for t, w in enumerate(wids):
@@ -227,8 +259,10 @@ class TaskModel:
         return result
 
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int | None = None) -> list[dict[str, Any]]:
-        """Predictions in input order.
+                batch_size: int | None = None, *, long_inputs: str | None = None, stride: int | None = None,
+                window_pooling: str | None = None) -> list[dict[str, Any]]:
+        """Predictions in input order; long inputs read as ``long_inputs``/``stride``/``window_pooling`` say (None:
+        the model's setting; "chunk" pools the windows' logits, probabilities come from the pooled logits).
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
         regression: {"score"}   ner: texts are word lists (or strings, split on whitespace) ->
@@ -246,8 +280,8 @@ class TaskModel:
                 raise ValueError("this model classifies text pairs: pass pairs=[...]")
             data = TaskData(self.task, list(texts), None if pairs is None else list(pairs),
                             [], None, "input")
-        feats = self.featurize(data, with_labels=False)
-        logits, _ = self.logits(feats, batch_size)
+        feats = self.featurize(data, with_labels=False, long_inputs=long_inputs, stride=stride)
+        logits, _ = self.logits(feats, batch_size, window_pooling)
         if self.task == "ner":
             out = []
             for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True):
@@ -270,6 +304,12 @@ class TaskModel:
             result.append({"label": self.labels[int(p.argmax())],
                            "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
         return result
+
+
+def _check_pooling(how: str) -> str:
+    if how not in WINDOW_POOLING:
+        raise ConfigError(f"window_pooling must be one of {', '.join(WINDOW_POOLING)}, got {how!r}")
+    return how
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:
