@@ -24,13 +24,12 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from bertkit import metrics as M
-from bertkit.data.chunking import check_long_inputs, reassemble
+from bertkit.data.chunking import check_long_inputs, check_window_pooling, reassemble
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
-from bertkit.data.windows import WINDOW_POOLING
 from bertkit.encoder import check_vocabulary, engine_options
-from bertkit.errors import CheckpointError, ConfigError
+from bertkit.errors import CheckpointError
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import attn_implementation_of, to_grid
 from bertkit.model.directory import TASK_FILE, ModelDir, infer_task, inspect_model_dir, label_names, load_encoder
@@ -73,7 +72,7 @@ class TaskModel:
         self.onnx: OnnxModel | None = None  # set by from_pretrained(backend="onnx")
         self.long_inputs = check_long_inputs(long_inputs)
         self.stride = stride
-        self.window_pooling = _check_pooling(window_pooling)
+        self.window_pooling = check_window_pooling(window_pooling)
 
     # ---- load / save ----------------------------------------------------------------------
     @property
@@ -180,7 +179,7 @@ class TaskModel:
         Windowed features (long_inputs="chunk") run window by window and come back one per example: sequence tasks
         pool the windows' logits (``window_pooling``, None: the model's), ner takes each token's row from its most
         central window (rows then follow the example's content tokens); the loss is the windows' mean."""
-        pooling = _check_pooling(window_pooling or self.window_pooling)
+        pooling = check_window_pooling(window_pooling or self.window_pooling)
         self.model.eval()
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
         loss_sum, units = 0.0, 0
@@ -304,12 +303,6 @@ class TaskModel:
             result.append({"label": self.labels[int(p.argmax())],
                            "probabilities": {n: round(float(v), 6) for n, v in zip(self.labels, p, strict=True)}})
         return result
-
-
-def _check_pooling(how: str) -> str:
-    if how not in WINDOW_POOLING:
-        raise ConfigError(f"window_pooling must be one of {', '.join(WINDOW_POOLING)}, got {how!r}")
-    return how
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:

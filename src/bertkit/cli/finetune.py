@@ -19,6 +19,7 @@ import json
 
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
+from bertkit.data.windows import LONG_INPUTS, WINDOW_POOLING
 from bertkit.train.distributed import is_main_process
 from bertkit.train.finetune import FinetuneConfig, finetune
 
@@ -32,11 +33,19 @@ DATA_FLAGS: dict[str, dict] = {
     "label_separator": dict(help="multilabel: separator of labels in one CSV cell"),
     "max_length": dict(help="tokens per example"),
 }
+# how a text longer than max_length is read; shared with evaluate, predict, embed, serve, index
+LONG_INPUT_FLAGS: dict[str, dict] = {
+    "long_inputs": dict(choices=LONG_INPUTS, help="truncate (default), or chunk: cut a long text into windows "
+                                                  "overlapping by --stride tokens and combine their results"),
+    "stride": dict(help="chunk: tokens shared by consecutive windows (default: a quarter of the window)"),
+    "window_pooling": dict(choices=WINDOW_POOLING, help="chunk: pool an example's window logits by mean or max"),
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_command(sub, "finetune", "fine-tune a task model (classification, pairs, multilabel, regression, ner)",
-                       __doc__, FinetuneConfig, {**DATA_FLAGS, **TRAIN_FLAGS, "task": dict(choices=TASKS)}, KIND,
+                       __doc__, FinetuneConfig, {**DATA_FLAGS, **LONG_INPUT_FLAGS, **TRAIN_FLAGS,
+                                                     "task": dict(choices=TASKS)}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 

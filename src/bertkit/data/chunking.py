@@ -26,7 +26,7 @@ from itertools import pairwise
 import numpy as np
 
 from bertkit.data.tokenizer import Tokenizer
-from bertkit.data.windows import LONG_INPUTS, central_window, check_stride, pool_windows, window_spans
+from bertkit.data.windows import LONG_INPUTS, WINDOW_POOLING, central_window, check_stride, pool_windows, window_spans
 from bertkit.errors import ConfigError
 
 log = logging.getLogger("bertkit")
@@ -43,6 +43,12 @@ def check_long_inputs(long_inputs: str) -> str:
     if long_inputs not in LONG_INPUTS:
         raise ConfigError(f"long_inputs must be one of {', '.join(LONG_INPUTS)}, got {long_inputs!r}")
     return long_inputs
+
+
+def check_window_pooling(how: str) -> str:
+    if how not in WINDOW_POOLING:
+        raise ConfigError(f"window_pooling must be one of {', '.join(WINDOW_POOLING)}, got {how!r}")
+    return how
 
 
 @dataclass
