@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.long_input_args import add_long_input_args, long_input_kwargs
 from bertkit.data.tasks import check_labels_among, load_builtin, read_task_file
 from bertkit.loader import load_task_model
 from bertkit.train.finetune import CONFIG_FILE
@@ -26,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default=None)
     p.add_argument("--label-separator", default="|")
     add_engine_args(p)
+    add_long_input_args(p)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of metrics on stdout")
     p.set_defaults(func=run)
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                               label_separator=args.label_separator)
     check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
                        "the model cannot predict them")
-    metrics = model.evaluate(data)
+    metrics = model.evaluate(data, **long_input_kwargs(args))
     metrics = {"examples": len(data), **metrics}
     if args.json:
         print(json.dumps(metrics))

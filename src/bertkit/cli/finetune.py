@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertkit.cli.long_input_args import HELP
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
 from bertkit.data.windows import LONG_INPUTS, WINDOW_POOLING
@@ -33,12 +34,11 @@ DATA_FLAGS: dict[str, dict] = {
     "label_separator": dict(help="multilabel: separator of labels in one CSV cell"),
     "max_length": dict(help="tokens per example"),
 }
-# how a text longer than max_length is read; shared with evaluate, predict, embed, serve, index
+# how a text longer than max_length is read (the same words as evaluate/predict/embed/serve/index)
 LONG_INPUT_FLAGS: dict[str, dict] = {
-    "long_inputs": dict(choices=LONG_INPUTS, help="truncate (default), or chunk: cut a long text into windows "
-                                                  "overlapping by --stride tokens and combine their results"),
-    "stride": dict(help="chunk: tokens shared by consecutive windows (default: a quarter of the window)"),
-    "window_pooling": dict(choices=WINDOW_POOLING, help="chunk: pool an example's window logits by mean or max"),
+    "long_inputs": dict(choices=LONG_INPUTS, help=HELP["long_inputs"]),
+    "stride": dict(help=HELP["stride"]),
+    "window_pooling": dict(choices=WINDOW_POOLING, help=HELP["window_pooling"]),
 }
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.long_input_args import add_long_input_args, long_input_kwargs
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_texts
 from bertkit.errors import InputFileError
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-column", default=None, help="default text (NER .jsonl: tokens)")
     p.add_argument("--text-pair-column", default=None, help="pair models: default text_pair")
     add_engine_args(p)
+    add_long_input_args(p)
     p.set_defaults(func=run)
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if model.task == "ner" and out.suffix.lower() == ".csv":
         raise ValueError(f"{out}: NER predictions are lists of words and tags; write .jsonl")
     texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
-    preds = model.predict(texts, pairs)
+    preds = model.predict(texts, pairs, **long_input_kwargs(args))
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for i, p in enumerate(preds):

@@ -82,6 +82,11 @@ class Windows:
         """(n_windows,) content tokens of each window (what a length-weighted mean weighs)."""
         return np.fromiter((e - s for s, e in self.spans), dtype=np.int64, count=len(self.spans))
 
+    def ranges(self) -> list[tuple[int, int]]:
+        """[(first, end_exclusive)] of each input's windows, in input order (every input has at least one)."""
+        bounds = np.flatnonzero(np.diff(self.owner, prepend=-1, append=self.n_inputs + 1))
+        return list(pairwise(bounds.tolist()))
+
     def log(self, source: object, max_length: int) -> None:
         if self.n_windowed:
             log.info("%s: %d of %d inputs were longer than max_length=%d tokens and were cut into windows (%d "
@@ -219,8 +224,7 @@ def reassemble(window_logits: Sequence[np.ndarray], windows: Windows, token_task
     most central (an input with one window keeps its rows as they are, specials included).
     """
     out: list[np.ndarray] = []
-    bounds = np.flatnonzero(np.diff(windows.owner, prepend=-1, append=windows.n_inputs + 1))
-    for a, b in pairwise(bounds):
+    for a, b in windows.ranges():
         if b - a == 1:
             out.append(window_logits[a])
         elif not token_task:
