@@ -39,6 +39,16 @@ def default_stride(size: int) -> int:
     return size // 4
 
 
+def tokens_read(n: int, max_length: int, n_special: int, stride: int | None) -> int:
+    """Tokens the model runs on for an input of ``n`` tokens (specials included) when chunking: every window's,
+    overlaps and each window's specials counted (what a token budget must count)."""
+    size = max_length - n_special
+    if n <= max_length:
+        return n
+    spans = window_spans(n - n_special, size, default_stride(size) if stride is None else stride)
+    return sum(e - s + n_special for s, e in spans)
+
+
 def check_long_inputs(long_inputs: str) -> str:
     if long_inputs not in LONG_INPUTS:
         raise ConfigError(f"long_inputs must be one of {', '.join(LONG_INPUTS)}, got {long_inputs!r}")
