@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bertkit.cli.long_input_args import add_long_input_args
 from bertkit.data.embedding_parts import is_parts_directory
 from bertkit.data.text_files import read_lines
 from bertkit.errors import BertkitError
@@ -52,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--query-prompt-name", default=None,
                        help="the prompt searches give queries, recorded in the index (default: the model's 'query')")
     build.add_argument("--query-prompt", default=None, help="a literal query prompt, recorded in the index")
+    add_long_input_args(build, pooling=False, saved=False)  # documents past max_length: truncate, or window mean
     add_lock_timeout(build)
     search = actions.add_parser("search", help="the nearest documents to a query")
     search.add_argument("index", metavar="DIR", help="index directory")
@@ -134,7 +136,8 @@ def run_build(args: argparse.Namespace) -> int:
     check_destination(out, args)  # fail fast; checked again under the lock, where it counts
     parts = parts_inputs(args.input)
     if parts:
-        given = [f for f in ("model", "pooling", "doc_prompt_name", "doc_prompt", "query_prompt_name")
+        given = [f for f in ("model", "pooling", "doc_prompt_name", "doc_prompt", "query_prompt_name", "long_inputs",
+                             "stride")
                  if getattr(args, f) is not None]
         if given:
             raise BertkitError(f"{', '.join('--' + g.replace('_', '-') if g != 'model' else 'MODEL' for g in given)}: "
@@ -153,6 +156,10 @@ def run_build(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             if args.append and exists:
                 index = VectorIndex.load(out)
+                if args.long_inputs is not None or args.stride is not None:
+                    raise BertkitError("--long-inputs/--stride: an appended document is read as the index records "
+                                       f"({index.model.get('long_inputs', 'truncate') if index.model else 'truncate'}"
+                                       "); leave them out")
                 present = [i for i in ids if i in index]
                 if present:
                     more = f" (and {len(present) - 5} more)" if len(present) > 5 else ""
@@ -165,7 +172,8 @@ def run_build(args: argparse.Namespace) -> int:
             else:
                 enc = load(args.model)
                 index = VectorIndex.build(enc, ids, texts, metadata, kind=args.kind or "auto",
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size, long_inputs=args.long_inputs or "truncate",
+                                          stride=args.stride)
             index.save(out)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):
