@@ -280,6 +280,9 @@ class VectorIndex:
         Returns (added, replaced)."""
         if self.model is None and not len(self):
             self.model = model_info(encoder)
+        if self.model.get("passages") == "windows":  # its items are windows (retrieval/passages.py)
+            raise BertkitError("this index holds passages (a vector per window of each document): documents "
+                               "cannot be added one vector each; rebuild it with the new documents")
         self.check_encoder(encoder)
         if isinstance(texts, str) or len(texts) != len(ids):
             raise ValueError(f"got {len(ids)} ids but {'a string' if isinstance(texts, str) else len(texts)} texts")
