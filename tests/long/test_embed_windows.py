@@ -66,6 +66,9 @@ def test_embed_cli(tmp_path, tiny_dir, enc, capsys):
     assert manifest["settings"]["long_inputs"] == "chunk" and manifest["settings"]["stride"] == 5
     assert main([*args[:-1], "30", "-o", str(tmp_path / "bad.npy")]) == 2
     assert "--stride 30 must be smaller than the window (30 tokens" in capsys.readouterr().err
+    assert main(["embed", str(tiny_dir), "-i", str(tmp_path / "in.txt"), "--stride", "5", "-o",
+                 str(tmp_path / "alone.npy")]) == 2
+    assert "--stride sets the overlap of windows: it applies with --long-inputs chunk" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
-from bertkit.cli.long_input_args import add_long_input_args
+from bertkit.cli.long_input_args import add_long_input_args, check_stride_flag
 from bertkit.data.outputs import check_output_path, write_embeddings
 from bertkit.data.text_files import read_texts
 from bertkit.distributed.parts import PART_ROWS, embed_to_parts, parse_shard
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("ray_address", "workers", "gpus_per_worker"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --ray")
+    check_stride_flag(args)
     long_inputs = {"long_inputs": args.long_inputs or "truncate", "stride": args.stride}
     part_rows = PART_ROWS if args.part_rows is None else args.part_rows
     target = Path(args.output)

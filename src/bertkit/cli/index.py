@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertkit.cli.long_input_args import add_long_input_args
+from bertkit.cli.long_input_args import add_long_input_args, check_stride_flag
 from bertkit.data.embedding_parts import is_parts_directory
 from bertkit.data.text_files import read_lines
 from bertkit.errors import BertkitError
@@ -139,6 +139,8 @@ def run_build(args: argparse.Namespace) -> int:
     if bool(args.input) == bool(args.dataset):
         raise ValueError("give the documents with either --input FILE or --dataset bbc-news")
     out = check_output_dir(args.output)  # fail before any work, naming the path
+    if args.passages == "documents":
+        check_stride_flag(args)
     check_destination(out, args)  # fail fast; checked again under the lock, where it counts
     parts = parts_inputs(args.input)
     if parts:
@@ -175,7 +177,7 @@ def run_build(args: argparse.Namespace) -> int:
                 index.add_texts(enc, ids, texts, metadata, batch_size=args.batch_size)
                 if args.kind:
                     index.set_kind(args.kind)
-            elif args.passages == "windows":
+            elif args.passages == "windows":  # windows whatever --long-inputs says (truncate is refused)
                 if args.long_inputs == "truncate":
                     raise BertkitError("--passages windows reads every window: leave out --long-inputs truncate")
                 index = build_passage_index(load(args.model), ids, texts, metadata, kind=args.kind or "auto",

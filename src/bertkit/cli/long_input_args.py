@@ -34,3 +34,9 @@ def long_input_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if hasattr(args, "window_pooling"):
         out["window_pooling"] = args.window_pooling
     return out
+
+
+def check_stride_flag(args: argparse.Namespace) -> None:
+    """Where truncation is the default (embed, index), ``--stride`` alone would be ignored: say so."""
+    if args.stride is not None and args.long_inputs != "chunk":
+        raise ValueError("--stride sets the overlap of windows: it applies with --long-inputs chunk")
