@@ -139,7 +139,7 @@ def run_build(args: argparse.Namespace) -> int:
     if bool(args.input) == bool(args.dataset):
         raise ValueError("give the documents with either --input FILE or --dataset bbc-news")
     out = check_output_dir(args.output)  # fail before any work, naming the path
-    if args.passages == "documents":
+    if args.passages == "documents" and not args.append:  # (an append reads as the index records)
         check_stride_flag(args)
     check_destination(out, args)  # fail fast; checked again under the lock, where it counts
     parts = parts_inputs(args.input)
