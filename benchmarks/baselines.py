@@ -1,6 +1,6 @@
 """Classical baselines the fine-tuned models are compared with (scikit-learn, same splits).
 
-text classification: TF-IDF (word 1-2 grams + char 2-5 grams) -> logistic regression
+text classification: TF-IDF (word 1-2 grams + char 2-5 grams) -> logistic regression (or a linear SVM)
 NER: per-token logistic regression over hand-made features of the word and its neighbours
 """
 
@@ -11,9 +11,21 @@ from bertkit.train import metrics as M
 
 
 def tfidf_logreg(train: TaskData, test: TaskData, seed: int = 0) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    return _tfidf_linear(train, test, LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
+
+
+def tfidf_svm(train: TaskData, test: TaskData, seed: int = 0) -> dict[str, float]:
+    """The same TF-IDF features with a linear SVM (often the stronger linear model on long documents)."""
+    from sklearn.svm import LinearSVC
+
+    return _tfidf_linear(train, test, LinearSVC(C=1.0, random_state=seed))
+
+
+def _tfidf_linear(train: TaskData, test: TaskData, clf) -> dict[str, float]:
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
 
     texts = [t if p is None else f"{t} [SEP] {p}" for t, p in zip(train.texts, train.pairs or [None] * len(train),
                                                                     strict=True)]
@@ -23,8 +35,7 @@ def tfidf_logreg(train: TaskData, test: TaskData, seed: int = 0) -> dict[str, fl
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
     x = hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
     xt = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
-    clf = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(x, train.labels)
-    pred = clf.predict(xt)
+    pred = clf.fit(x, train.labels).predict(xt)
     return {"accuracy": M.accuracy(test.labels, pred), "macro_f1": M.f1(test.labels, pred, "macro"),
             "mcc": M.matthews_corrcoef(test.labels, pred)}
 

@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from bertkit.data.chunking import Windows, check_long_inputs, chunk_texts
 from bertkit.data.tokenizer import Batch, Tokenizer
-from bertkit.errors import CheckpointError
+from bertkit.data.windows import weighted_mean
+from bertkit.errors import CheckpointError, ConfigError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.inference.engine import Engine, EngineOptions
 from bertkit.model.attention import Packing, attn_implementation_of, to_grid
@@ -147,7 +150,7 @@ class Encoder:
     # ---- public API -----------------------------------------------------------------------
     def embed(self, texts: Sequence[str], batch_size: int | None = None, pooling: str | Sequence[str] | None = None,
               normalize: bool | None = None, progress: bool | None = None, *, prompt_name: str | None = None,
-              prompt: str | None = None) -> np.ndarray:
+              prompt: str | None = None, long_inputs: str = "truncate", stride: int | None = None) -> np.ndarray:
         """Sentence embeddings, float32 ``(len(texts), dim)``, rows in input order.
 
         Each argument left None means the model's own setting (its sentence-transformers files; for a plain
@@ -159,18 +162,32 @@ class Encoder:
         normalize: L2-normalize each row (cosine similarity becomes a dot product).
         prompt_name: one of the model's prompts (``self.sentence.prompts``), prepended to every text.
         prompt: a literal prompt, e.g. "query: ". Neither: the model's default prompt, if it has one.
+        long_inputs: "truncate" (the first max_length tokens), or "chunk": a longer text is cut into windows
+            overlapping by ``stride`` tokens (None: a quarter of the window) and its embedding is the mean of the
+            window embeddings weighted by their token counts, normalized after averaging when the model normalizes.
+            A text that fits in one window gets its truncation embedding. ``embed_windows`` keeps every window.
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of texts; wrap a single text in a list")
+        if check_long_inputs(long_inputs) == "chunk":
+            raw, normed, win = self._window_vectors(texts, stride, batch_size, pooling, normalize, progress,
+                                                    prompt_name, prompt)
+            out = np.empty((len(texts), normed.shape[1]), np.float32)
+            do_normalize = self.sentence.normalize if normalize is None else normalize
+            lengths = win.lengths
+            for i, (a, b) in enumerate(win.ranges()):
+                if b - a == 1:  # one window: exactly what truncation gives
+                    out[i] = normed[a]
+                    continue
+                v = weighted_mean(raw[a:b], lengths[a:b])
+                out[i] = F.normalize(torch.from_numpy(v)[None], p=2, dim=-1)[0].numpy() if do_normalize else v
+            return out
         settings = self.sentence
         out = np.zeros((len(texts), settings.dim(pooling)), dtype=np.float32)  # checks pooling first
         prompt = settings.resolve_prompt(prompt_name, prompt)
         if len(texts) == 0:
             return out
-        prompt_length = 0
-        if prompt and not settings.pooling.include_prompt:  # measured as sentence-transformers does: alone
-            prompt_ids = self.tokenize(settings.prepare([prompt])).ids[0]
-            prompt_length = settings.prompt_length(prompt_ids, self.tokenizer.special_ids)
+        prompt_length = self._prompt_length(prompt)
         batch = self.tokenize(settings.prepare(texts, prompt))
         show = progress if progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
         self.model.eval()
@@ -181,6 +198,61 @@ class Encoder:
                 out[idx] = settings.embed(h, packing, prompt_length, pooling, normalize).float().cpu().numpy()
                 bar.update(len(idx))
         return out
+
+    def _prompt_length(self, prompt: str | None) -> int:
+        """Tokens of the prompt that pooling leaves out (0 when it has none or pools over it)."""
+        if prompt and not self.sentence.pooling.include_prompt:  # measured as sentence-transformers does: alone
+            prompt_ids = self.tokenize(self.sentence.prepare([prompt])).ids[0]
+            return self.sentence.prompt_length(prompt_ids, self.tokenizer.special_ids)
+        return 0
+
+    def embed_windows(self, texts: Sequence[str], stride: int | None = None, batch_size: int | None = None,
+                      pooling: str | Sequence[str] | None = None, normalize: bool | None = None,
+                      progress: bool | None = None, *, prompt_name: str | None = None, prompt: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Every window's embedding, for passage retrieval over long documents.
+
+        Returns (vectors float32 ``(n_windows, dim)``, owner int64 ``(n_windows,)`` the text each window comes
+        from (non-decreasing), spans ``[(start, end)]`` each window's content tokens in its text, end exclusive).
+        A text that fits in ``max_length`` is one window; ``stride`` as in ``embed``.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed_windows() takes a list of texts; wrap a single text in a list")
+        _, normed, win = self._window_vectors(texts, stride, batch_size, pooling, normalize, progress, prompt_name,
+                                              prompt)
+        return normed, win.owner, list(win.spans)
+
+    def _window_vectors(self, texts: Sequence[str], stride: int | None, batch_size: int | None,
+                        pooling: str | Sequence[str] | None, normalize: bool | None, progress: bool | None,
+                        prompt_name: str | None, prompt: str | None) -> tuple[np.ndarray, np.ndarray, Windows]:
+        """(raw, normalized as the model does) window embeddings ``(n_windows, dim)`` and the windows."""
+        settings = self.sentence
+        dim = settings.dim(pooling)
+        prompt = settings.resolve_prompt(prompt_name, prompt)
+        if prompt:  # the prompt would open the first window only; the later ones would be read without it
+            raise ConfigError("long_inputs='chunk' does not take a prompt yet: embed with long_inputs='truncate', "
+                              "or without a prompt")
+        win = chunk_texts(self.tokenizer, settings.prepare(list(texts)), None, self.max_length, stride)
+        win.log("embed", self.max_length)
+        raw = np.zeros((len(win), dim), np.float32)
+        normed = np.zeros((len(win), dim), np.float32)
+        if len(win) == 0:
+            return raw, normed, win
+        do_normalize = settings.normalize if normalize is None else normalize
+        batch = Batch(win.ids, win.type_ids, 0)
+        show = progress if progress is not None else len(texts) >= PROGRESS_MIN_TEXTS
+        self.model.eval()
+        with self.engine.running(self.device), tqdm(total=len(win), disable=not show, unit="window",
+                                                    desc="embed", mininterval=1.0) as bar:
+            for idx, ids, types, packing in self._batches(batch, batch_size):
+                h = self._hidden(ids, types, packing).float()  # (total_tokens, hidden)
+                x = settings.embed(h, packing, 0, pooling, normalize=False).float()  # (batch, dim)
+                raw[idx] = x.cpu().numpy()
+                # the same op on the same tensor as embed(normalize=True): a one-window text is bit for bit its
+                # truncation embedding
+                normed[idx] = (F.normalize(x, p=2, dim=-1) if do_normalize else x).cpu().numpy()
+                bar.update(len(idx))
+        return raw, normed, win
 
     def token_states(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                      batch_size: int | None = None) -> list[np.ndarray]:
@@ -204,13 +276,15 @@ class Encoder:
     def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
                show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
                normalize_embeddings: bool = False, *, prompt_name: str | None = None, prompt: str | None = None,
-               pairs: Sequence[str] | None = None) -> np.ndarray | list[np.ndarray]:
+               pairs: Sequence[str] | None = None, long_inputs: str = "truncate",
+               stride: int | None = None) -> np.ndarray | list[np.ndarray]:
         """sentence-transformers' ``encode``: sentence embeddings ``(len(sentences), dim)`` float32 (a single string:
         ``(dim,)``), the model's own pooling, Dense and Normalize modules applied, as ``embed`` computes them.
 
         output_value: "sentence_embedding", or "token_embeddings" for ``token_states`` (a list of
             ``(n_tokens_i, hidden)`` arrays).
         normalize_embeddings: True L2-normalizes on top of what the model does (False leaves the model's own setting).
+        long_inputs, stride: as ``embed`` ("chunk": a long text's embedding is its windows' length-weighted mean).
         pairs: deprecated (``encode`` returned token states before 0.2): use ``token_states(texts, pairs)``.
         """
         if pairs is not None or (isinstance(batch_size, Sequence) and not isinstance(batch_size, str)):
@@ -228,7 +302,8 @@ class Encoder:
         if output_value != "sentence_embedding":
             raise ValueError(f"output_value must be 'sentence_embedding' or 'token_embeddings', got {output_value!r}")
         out = self.embed(texts, batch_size, normalize=True if normalize_embeddings else None,
-                         progress=show_progress_bar, prompt_name=prompt_name, prompt=prompt)
+                         progress=show_progress_bar, prompt_name=prompt_name, prompt=prompt,
+                         long_inputs=long_inputs, stride=stride)
         return out[0] if single else out
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:

@@ -71,11 +71,12 @@ class Ensemble:
         return len(self.models)
 
     # ---- outputs --------------------------------------------------------------------------
-    def outputs(self, data: TaskData, batch_size: int | None = None) -> np.ndarray:
-        """The weighted mean of the members' outputs: (n, L) probabilities in ``labels`` order, or (n,) scores."""
+    def outputs(self, data: TaskData, batch_size: int | None = None, **long_inputs: Any) -> np.ndarray:
+        """The weighted mean of the members' outputs: (n, L) probabilities in ``labels`` order, or (n,) scores.
+        long_inputs: ``long_inputs``/``stride``/``window_pooling`` for every member (``TaskModel.outputs``)."""
         total = None
         for m, cols, w in zip(self.models, self.columns, self.weights, strict=True):
-            out = m.outputs(data, batch_size).astype(np.float64)
+            out = m.outputs(data, batch_size, **long_inputs).astype(np.float64)
             out = out if self.task == "regression" else out[:, cols]
             total = w * out if total is None else total + w * out
         assert total is not None
@@ -112,9 +113,9 @@ class Ensemble:
 
     # ---- the TaskModel interface ----------------------------------------------------------
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int | None = None, threshold: Choice = None) -> list[dict[str, Any]]:
+                batch_size: int | None = None, threshold: Choice = None, **long_inputs: Any) -> list[dict[str, Any]]:
         """As ``TaskModel.predict``: {"label", "probabilities"}, {"labels", "probabilities"}, {"score"}, or for NER
-        {"words", "tags", "entities"}."""
+        {"words", "tags", "entities"}. long_inputs: as ``outputs`` (sequence tasks; NER ensembles truncate)."""
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts; wrap a single text in a list")
         if not texts:
@@ -128,9 +129,10 @@ class Ensemble:
             raise ValueError("this ensemble classifies text pairs: pass pairs=[...]")
         data = TaskData(self.task, list(texts), None if pairs is None else list(pairs), [], None, "input")
         cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
-        return sequence_predictions(self.task, self.labels, self.outputs(data, batch_size), cuts)
+        return sequence_predictions(self.task, self.labels, self.outputs(data, batch_size, **long_inputs), cuts)
 
-    def evaluate(self, data: TaskData, batch_size: int | None = None, threshold: Choice = None) -> dict[str, Any]:
+    def evaluate(self, data: TaskData, batch_size: int | None = None, threshold: Choice = None,
+                 **long_inputs: Any) -> dict[str, Any]:
         """As ``TaskModel.evaluate`` on the averaged outputs; ``loss`` is the task's loss of those outputs."""
         if data.task != self.task and {data.task, self.task} != {"classification", "pair-classification"}:
             raise ValueError(f"{data.source}: data is for task {data.task!r}, this ensemble does {self.task!r}")
@@ -143,7 +145,7 @@ class Ensemble:
             return {"loss": loss, **ner_metrics(data.labels, [self._tags(p) for p in probs], self.scheme)}
         cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
         truth = self._truth(data)
-        outputs = self.outputs(data, batch_size)
+        outputs = self.outputs(data, batch_size, **long_inputs)
         return {"loss": _loss(self.task, outputs, truth),
                 **sequence_metrics(self.task, self.labels, outputs, truth, cuts)}
 

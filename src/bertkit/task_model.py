@@ -4,8 +4,9 @@ A saved task model is a Hugging Face directory in its family's layout (``config.
 ``label2id``/``problem_type``, ``model.safetensors`` with ``bert.*`` + ``classifier.*``, ``roberta.*`` +
 ``classifier.dense/out_proj``, ``model.*`` + ``head.*`` ..., tokenizer files) that the family's
 ``XxxForSequenceClassification`` / ``XxxForTokenClassification`` load with the same predictions, plus
-``bertkit_task.json`` (task name, max_length, labels, and a multi-label model's tuned thresholds, see
-``bertkit.thresholds``). ``load_task_model`` also reads directories written by transformers
+``bertkit_task.json`` (task name, max_length, labels, a NER model's tag scheme, a multi-label model's tuned
+thresholds (``bertkit.thresholds``), and how long inputs are read: ``long_inputs``, ``stride``, ``window_pooling``;
+see ``bertkit.data.chunking``). ``load_task_model`` also reads directories written by transformers
 itself, of any family; the task is then inferred from the config.
 """
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from bertkit.data.chunking import check_long_inputs, check_window_pooling, reassemble
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tag_schemes import check_scheme, resolve_scheme, scheme_of_labels
 from bertkit.data.tasks import TaskData
@@ -59,7 +61,11 @@ MULTILABEL_THRESHOLD = FIXED  # the default cut; a model may carry per-label tun
 class TaskModel:
     def __init__(self, head: SequenceClassifier | TokenClassifier, tokenizer: Tokenizer, task: str,
                  labels: Sequence[str], max_length: int, directory: Path | None = None,
-                 engine: Engine | None = None, scheme: str | None = None) -> None:
+                 engine: Engine | None = None, scheme: str | None = None, *, long_inputs: str = "truncate",
+                 stride: int | None = None, window_pooling: str = "mean") -> None:
+        """long_inputs: "truncate" (read the first max_length tokens) or "chunk" (read every token, in windows
+        overlapping by ``stride`` tokens, None: a quarter of the window; sequence tasks pool the windows' logits
+        by ``window_pooling``, "mean" or "max"). ``predict``/``evaluate``/``featurize`` override them per call."""
         self.model = head  # the encoder with its classifier (an nn.Module); ``head`` is its old name
         self.tokenizer = tokenizer
         self.task = task
@@ -72,6 +78,9 @@ class TaskModel:
         # ner: the tag scheme (bertkit.data.tag_schemes); without one, the one the labels are written in
         self.scheme = check_scheme(scheme) if scheme else scheme_of_labels(self.labels) if task == "ner" else None
         self.thresholds: dict[str, float] | None = None  # multilabel: per-label thresholds tuned on dev, if any
+        self.long_inputs = check_long_inputs(long_inputs)
+        self.stride = stride
+        self.window_pooling = check_window_pooling(window_pooling)
 
     # ---- load / save ----------------------------------------------------------------------
     @property
@@ -111,7 +120,9 @@ class TaskModel:
         eng = Engine(options)
         eng.prepare(head.encoder, tokenizer, pick_device(device), str(d))
         max_length = int(meta.get("max_length") or min(512, encoder.config.max_tokens))
-        model = cls(head, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"))
+        model = cls(head, tokenizer, task, labels, max_length, d, eng, scheme=meta.get("scheme"),
+                    long_inputs=meta.get("long_inputs") or "truncate", stride=meta.get("stride"),
+                    window_pooling=meta.get("window_pooling") or "mean")
         model.read_thresholds(meta, d / TASK_FILE)
         if options.backend == "onnx":
             from bertkit.inference.onnx import OnnxModel
@@ -132,9 +143,11 @@ class TaskModel:
         return d
 
     def task_meta(self) -> dict[str, Any]:
-        """What ``bertkit_task.json`` holds: task, max_length, labels, a NER model's tag scheme, and tuned thresholds
-        when there are."""
-        meta: dict[str, Any] = {"task": self.task, "max_length": self.max_length, "labels": self.labels}
+        """What ``bertkit_task.json`` holds: task, max_length, labels, how long inputs are read, a NER model's tag
+        scheme, and tuned thresholds when there are."""
+        meta: dict[str, Any] = {"task": self.task, "max_length": self.max_length, "labels": self.labels,
+                                "long_inputs": self.long_inputs, "stride": self.stride,
+                                "window_pooling": self.window_pooling}
         if self.scheme:
             meta["scheme"] = self.scheme
         if self.thresholds is not None:
@@ -159,10 +172,16 @@ class TaskModel:
         return next(self.model.parameters()).device
 
     # ---- batches and logits ---------------------------------------------------------------
-    def featurize(self, data: TaskData, with_labels: bool = True) -> Features:
+    def featurize(self, data: TaskData, with_labels: bool = True, long_inputs: str | None = None,
+                  stride: int | None = None) -> Features:
+        """Token ids (and labels) of ``data``; long_inputs/stride None: the model's own setting."""
         if data.task != self.task and {data.task, self.task} != {"classification", "pair-classification"}:
             raise ValueError(f"{data.source}: data is for task {data.task!r}, this model does {self.task!r}")
-        feats = featurize(data, self.tokenizer, self.max_length, self.label2id if with_labels else None)
+        long_inputs = check_long_inputs(long_inputs or self.long_inputs)
+        feats = featurize(data, self.tokenizer, self.max_length, self.label2id if with_labels else None,
+                          long_inputs, self.stride if stride is None else stride)
+        if feats.windows is not None:
+            feats.windows.log(data.source, self.max_length)
         if feats.n_truncated:
             log.warning("%s: %d of %d examples were longer than max_length=%d tokens and were truncated",
                         data.source, feats.n_truncated, len(feats), self.max_length)
@@ -184,8 +203,14 @@ class TaskModel:
         logits = torch.from_numpy(self.onnx.run(grid.numpy(), mask.long().numpy(), types.numpy())["logits"])
         return logits[seg, pos] if self.task == "ner" else logits
 
-    def logits(self, feats: Features, batch_size: int | None = None) -> tuple[list[np.ndarray], float]:
-        """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss."""
+    def logits(self, feats: Features, batch_size: int | None = None,
+               window_pooling: str | None = None) -> tuple[list[np.ndarray], float]:
+        """Per-example float32 logits in input order ((num_labels,) or (n_tokens, num_labels)), and mean loss.
+
+        Windowed features (long_inputs="chunk") run window by window and come back one per example: sequence tasks
+        pool the windows' logits (``window_pooling``, None: the model's), ner takes each token's row from its most
+        central window (rows then follow the example's content tokens); the loss is the windows' mean."""
+        pooling = check_window_pooling(window_pooling or self.window_pooling)
         self.model.eval()
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(feats)
         loss_sum, units = 0.0, 0
@@ -204,24 +229,29 @@ class TaskModel:
                 else:
                     for j, i in enumerate(b.indices):
                         out[i] = arr[j]
+        if feats.windows is not None:
+            out = reassemble(out, feats.windows, self.task == "ner", pooling)
         return out, loss_sum / max(units, 1)
 
     # ---- public API -----------------------------------------------------------------------
     def evaluate(self, data: TaskData | Features, batch_size: int | None = None,
-                 gold: TaskData | None = None, threshold: Choice = None) -> dict[str, Any]:
+                 gold: TaskData | None = None, threshold: Choice = None, *, long_inputs: str | None = None,
+                 stride: int | None = None, window_pooling: str | None = None) -> dict[str, Any]:
         """Metrics of the task on labelled data (see ``MAIN_METRIC`` for the one training optimizes); classification
         and multi-label also give ``per_label``: {name: {precision, recall, f1, support}}. threshold (multi-label):
-        None (the tuned thresholds if the model has them, else 0.5), "tuned", "fixed" (0.5), or a number."""
+        None (the tuned thresholds if the model has them, else 0.5), "tuned", "fixed" (0.5), or a number. Long
+        inputs are read as ``long_inputs``/``stride``/``window_pooling`` say (None: the model's setting)."""
         if isinstance(data, TaskData):
             if self.task == "ner":
                 resolve_scheme(self.scheme, data)  # gold tags that break the model's scheme: an error naming them
-            gold, feats = data, self.featurize(data)
+            gold, feats = data, self.featurize(data, long_inputs=long_inputs, stride=stride)
         else:
             feats = data
         if gold is None:
             raise ValueError("evaluate(features) needs gold=TaskData")
         cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
-        logits, loss = self.logits(feats, batch_size)
+        logits, loss = self.logits(feats, batch_size, window_pooling)
+        true_labels = feats.labels if feats.windows is None else feats.example_labels
         out: dict[str, Any] = {"loss": loss}
         if self.task == "ner":
             # words cut off by truncation (or that tokenize to nothing) have no prediction: "O", as in predict()
@@ -229,7 +259,7 @@ class TaskModel:
                          for tags, true in zip(self._word_tags(logits, feats), gold.labels, strict=True)]
             out.update(ner_metrics(gold.labels, pred_tags, self.scheme or "bio"))
         else:
-            truth = np.array(gold.labels if self.task == "regression" else feats.labels)
+            truth = np.array(gold.labels if self.task == "regression" else true_labels)
             out.update(sequence_metrics(self.task, self.labels, outputs_of(self.task, np.stack(logits)), truth, cuts))
         return out
 
@@ -237,11 +267,14 @@ class TaskModel:
         """(L,) thresholds a multi-label prediction uses, and words saying which (see ``bertkit.thresholds``)."""
         return decision_thresholds(threshold, self.thresholds, self.labels)
 
-    def outputs(self, data: TaskData, batch_size: int | None = None) -> np.ndarray:
-        """(n, L) probabilities (softmax; sigmoid for multilabel) or (n,) regression scores of a sequence task."""
+    def outputs(self, data: TaskData, batch_size: int | None = None, *, long_inputs: str | None = None,
+                stride: int | None = None, window_pooling: str | None = None) -> np.ndarray:
+        """(n, L) probabilities (softmax; sigmoid for multilabel) or (n,) regression scores of a sequence task (long
+        inputs as in ``predict``)."""
         if self.task == "ner":
             raise ValueError("outputs() is for sequence tasks; a NER model's are per token (use predict)")
-        logits, _ = self.logits(self.featurize(data, with_labels=False), batch_size)
+        feats = self.featurize(data, with_labels=False, long_inputs=long_inputs, stride=stride)
+        logits, _ = self.logits(feats, batch_size, window_pooling)
         return outputs_of(self.task, np.stack(logits))
 
     def word_outputs(self, data: TaskData, batch_size: int | None = None) -> list[np.ndarray]:
@@ -272,7 +305,8 @@ class TaskModel:
         them on the model (``save_pretrained`` writes them) and return them."""
         if self.task != "multilabel":
             raise ValueError(f"thresholds are tuned for multilabel models, this one does {self.task}")
-        truth = np.array(self.featurize(dev).labels, dtype=int)
+        feats = self.featurize(dev)
+        truth = np.array(feats.labels if feats.windows is None else feats.example_labels, dtype=int)
         tuned = tune_thresholds(self.outputs(dev, batch_size), truth)
         self.thresholds = {name: float(t) for name, t in zip(self.labels, tuned, strict=True)}
         log.info("tuned on %s (%d examples): %s", dev.source, len(dev), self.decision_thresholds("tuned")[1])
@@ -280,9 +314,10 @@ class TaskModel:
 
     def _word_tags(self, logits: list[np.ndarray], feats: Features) -> list[list[str]]:
         """Token logits -> one tag per word (its first sub-word's); words without tokens get "O"."""
-        assert feats.word_ids is not None
+        word_ids = feats.word_ids if feats.windows is None else feats.windows.example_word_ids
+        assert word_ids is not None
         result = []
-        for tok_logits, wids in zip(logits, feats.word_ids, strict=True):
+        for tok_logits, wids in zip(logits, word_ids, strict=True):
             n_words = max((w for w in wids if w is not None), default=-1) + 1
             tags, prev = {}, None
             for t, w in enumerate(wids):
@@ -293,9 +328,12 @@ class TaskModel:
         return result
 
     def predict(self, texts: Sequence[str] | Sequence[Sequence[str]], pairs: Sequence[str] | None = None,
-                batch_size: int | None = None, threshold: Choice = None, aggregation_strategy: str | None = None
+                batch_size: int | None = None, threshold: Choice = None, aggregation_strategy: str | None = None,
+                *, long_inputs: str | None = None, stride: int | None = None, window_pooling: str | None = None
                 ) -> list[dict[str, Any]]:
-        """Predictions in input order (threshold: multi-label only, as in ``evaluate``).
+        """Predictions in input order (threshold: multi-label only, as in ``evaluate``); long inputs read as
+        ``long_inputs``/``stride``/``window_pooling`` say (None: the model's setting; "chunk" pools the windows'
+        logits, probabilities come from the pooled logits; raw-text NER with an ``aggregation_strategy`` truncates).
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
         regression: {"score"}
@@ -318,10 +356,12 @@ class TaskModel:
                 raise ValueError("this model classifies text pairs: pass pairs=[...]")
             data = TaskData(self.task, list(texts), None if pairs is None else list(pairs), [], None, "input")
             cuts = self.decision_thresholds(threshold)[0] if self.task == "multilabel" else None
-            return sequence_predictions(self.task, self.labels, self.outputs(data, batch_size), cuts)
+            outputs = self.outputs(data, batch_size, long_inputs=long_inputs, stride=stride,
+                                   window_pooling=window_pooling)
+            return sequence_predictions(self.task, self.labels, outputs, cuts)
         words = [t.split() if isinstance(t, str) else list(t) for t in texts]
         data = TaskData("ner", [], None, [["O"] * len(w) for w in words], words, "input")
-        feats = self.featurize(data, with_labels=False)
+        feats = self.featurize(data, with_labels=False, long_inputs=long_inputs, stride=stride)
         logits, _ = self.logits(feats, batch_size)
         # words cut off by truncation get "O"
         return [ner_prediction(w, tags + ["O"] * (len(w) - len(tags)), self.scheme or "bio")

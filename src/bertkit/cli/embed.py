@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.long_input_args import add_long_input_args, check_stride_flag
 from bertkit.data.outputs import check_output_path, write_embeddings
 from bertkit.data.text_files import read_texts
 from bertkit.distributed.parts import PART_ROWS, embed_to_parts, parse_shard
@@ -68,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--gpus-per-worker", type=float, default=None,
                      help="GPUs per actor (default: 1 where the cluster has GPUs, else 0)")
     add_engine_args(p)
+    add_long_input_args(p, pooling=False, saved=False)
     p.set_defaults(func=run)
 
 
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("ray_address", "workers", "gpus_per_worker"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --ray")
+    check_stride_flag(args)
+    long_inputs = {"long_inputs": args.long_inputs or "truncate", "stride": args.stride}
     part_rows = PART_ROWS if args.part_rows is None else args.part_rows
     target = Path(args.output)
     # .npy / .parquet: one file (an existing directory of that name is refused below); no suffix, or an existing
@@ -102,11 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if streamed:
         embed_to_parts(enc, args.input, args.output, text_column=args.text_column, part_rows=part_rows,
                        shard=shard, resume=args.resume, overwrite=args.overwrite, with_text=args.with_text,
-                       pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name, prompt=args.prompt)
+                       pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name, prompt=args.prompt,
+                       **long_inputs)
         return 0
     t0 = time.perf_counter()
     vectors = enc.embed(texts, pooling=args.pooling, normalize=normalize, prompt_name=args.prompt_name,
-                        prompt=args.prompt)
+                        prompt=args.prompt, **long_inputs)
     dt = time.perf_counter() - t0
     write_embeddings(out, vectors, texts if args.with_text and out.suffix == ".parquet" else None)
     log.info("embedded %d texts in %.1f s (%.0f texts/s) -> %s %s", len(texts), dt, len(texts) / max(dt, 1e-9),
@@ -128,6 +133,9 @@ def run_on_ray(args: argparse.Namespace) -> int:
                       ("resume", "a Ray run is retried by Ray, not resumed; start over with --overwrite")):
         if getattr(args, flag):
             raise ValueError(f"--{flag} does not apply to --ray ({why})")
+    if args.long_inputs == "chunk":
+        raise ValueError("--long-inputs chunk does not apply to --ray yet: embed without --ray (--output DIR streams "
+                         "Parquet parts with it)")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.part_rows is not None and args.part_rows < 1:

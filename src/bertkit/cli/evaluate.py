@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args
+from bertkit.cli.long_input_args import add_long_input_args, long_input_kwargs
 from bertkit.cli.model_args import add_model_args, model_from_args
 from bertkit.data.tasks import check_labels_among, load_builtin, read_task_file
 from bertkit.task_outputs import per_label_table
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default=None)
     p.add_argument("--label-separator", default="|")
     add_engine_args(p)
+    add_long_input_args(p)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object of metrics on stdout")
     p.set_defaults(func=run)
 
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if model.task != "qa":
         check_labels_among(data, model.labels, f"not among the model's labels ({', '.join(model.labels)})",
                            "the model cannot predict them")
-        source, metrics = data.source, {"examples": len(data), **model.evaluate(data, threshold=args.threshold)}
+        source, metrics = data.source, {"examples": len(data),
+                                        **model.evaluate(data, threshold=args.threshold, **long_input_kwargs(args))}
     if args.json:
         print(json.dumps(metrics))
     else:

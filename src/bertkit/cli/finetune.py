@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertkit.cli.long_input_args import HELP
 from bertkit.cli.recipe_args import TRAIN_FLAGS, add_recipe_command, config_from_args, settings_or_print
 from bertkit.data.tag_schemes import AUTO, SCHEMES
 from bertkit.data.tasks import BUILTIN_DATASETS, TASKS
+from bertkit.data.windows import LONG_INPUTS, WINDOW_POOLING
 from bertkit.train.distributed import is_main_process
 from bertkit.train.finetune import THRESHOLD_MODES, FinetuneConfig, finetune
 
@@ -39,14 +41,20 @@ SCHEME_FLAG = {"scheme": dict(choices=(AUTO, *SCHEMES), help="ner tag scheme (de
                                                              "and logged)")}
 THRESHOLDS_FLAG = dict(choices=THRESHOLD_MODES, help="multilabel: per-label thresholds tuned on dev (default) or "
                                                      "the fixed 0.5")
+# how a text longer than max_length is read (the same words as evaluate/predict/embed/serve/index)
+LONG_INPUT_FLAGS: dict[str, dict] = {
+    "long_inputs": dict(choices=LONG_INPUTS, help=HELP["long_inputs"]),
+    "stride": dict(help=HELP["stride"]),
+    "window_pooling": dict(choices=WINDOW_POOLING, help=HELP["window_pooling"]),
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_command(sub, "finetune",
                        "fine-tune a task model (classification, pairs, multilabel, regression, ner, qa)", __doc__,
                        FinetuneConfig,
-                       {**DATA_FLAGS, **SCHEME_FLAG, **TRAIN_FLAGS, "task": dict(choices=(*TASKS, "qa")),
-                        "thresholds": THRESHOLDS_FLAG}, KIND,
+                       {**DATA_FLAGS, **SCHEME_FLAG, **LONG_INPUT_FLAGS, **TRAIN_FLAGS,
+                        "task": dict(choices=(*TASKS, "qa")), "thresholds": THRESHOLDS_FLAG}, KIND,
                        "bbc-news, tweet-sentiment, wnut16-ner", run, legacy_config=True)
 
 

@@ -11,13 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bertkit.cli.long_input_args import add_long_input_args, check_stride_flag
 from bertkit.data.embedding_parts import is_parts_directory
 from bertkit.data.text_files import read_lines
 from bertkit.errors import BertkitError
 from bertkit.loader import load
 from bertkit.model.pooling import POOLING_MODES
+from bertkit.retrieval import index_model
 from bertkit.retrieval.data import bbc_documents, read_documents
 from bertkit.retrieval.index import KINDS, VectorIndex, index_lock
+from bertkit.retrieval.passages import PASSAGES, best_per_document, build_passage_index, is_passage_index
 from bertkit.utils.output_paths import check_output_dir
 
 KIND_HELP = ("auto (default: exact below 20,000 vectors, HNSW above), exact, hnsw, ivfpq (compressed 16x, for "
@@ -52,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--query-prompt-name", default=None,
                        help="the prompt searches give queries, recorded in the index (default: the model's 'query')")
     build.add_argument("--query-prompt", default=None, help="a literal query prompt, recorded in the index")
+    add_long_input_args(build, pooling=False, saved=False)  # documents past max_length: truncate, or window mean
+    build.add_argument("--passages", choices=PASSAGES, default="documents",
+                       help="documents: one vector per document (default); windows: one per window of each "
+                            "document (--stride sets their overlap), a search returning each document once, by its "
+                            "best window")
     add_lock_timeout(build)
     search = actions.add_parser("search", help="the nearest documents to a query")
     search.add_argument("index", metavar="DIR", help="index directory")
@@ -131,10 +139,13 @@ def run_build(args: argparse.Namespace) -> int:
     if bool(args.input) == bool(args.dataset):
         raise ValueError("give the documents with either --input FILE or --dataset bbc-news")
     out = check_output_dir(args.output)  # fail before any work, naming the path
+    if args.passages == "documents" and not args.append:  # (an append reads as the index records)
+        check_stride_flag(args)
     check_destination(out, args)  # fail fast; checked again under the lock, where it counts
     parts = parts_inputs(args.input)
     if parts:
-        given = [f for f in ("model", "pooling", "doc_prompt_name", "doc_prompt", "query_prompt_name")
+        given = [f for f in ("model", "pooling", "doc_prompt_name", "doc_prompt", "query_prompt_name", "long_inputs",
+                             "stride") + (("passages",) if args.passages != "documents" else ())
                  if getattr(args, f) is not None]
         if given:
             raise BertkitError(f"{', '.join('--' + g.replace('_', '-') if g != 'model' else 'MODEL' for g in given)}: "
@@ -153,6 +164,10 @@ def run_build(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             if args.append and exists:
                 index = VectorIndex.load(out)
+                if args.long_inputs is not None or args.stride is not None or args.passages != "documents":
+                    raise BertkitError("--long-inputs/--stride: an appended document is read as the index records "
+                                       f"({index.model.get('long_inputs', 'truncate') if index.model else 'truncate'}"
+                                       "); leave them out")
                 present = [i for i in ids if i in index]
                 if present:
                     more = f" (and {len(present) - 5} more)" if len(present) > 5 else ""
@@ -162,10 +177,16 @@ def run_build(args: argparse.Namespace) -> int:
                 index.add_texts(enc, ids, texts, metadata, batch_size=args.batch_size)
                 if args.kind:
                     index.set_kind(args.kind)
+            elif args.passages == "windows":  # windows whatever --long-inputs says (truncate is refused)
+                if args.long_inputs == "truncate":
+                    raise BertkitError("--passages windows reads every window: leave out --long-inputs truncate")
+                index = build_passage_index(load(args.model), ids, texts, metadata, kind=args.kind or "auto",
+                                            batch_size=args.batch_size, stride=args.stride)
             else:
                 enc = load(args.model)
                 index = VectorIndex.build(enc, ids, texts, metadata, kind=args.kind or "auto",
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size, long_inputs=args.long_inputs or "truncate",
+                                          stride=args.stride)
             index.save(out)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):
@@ -174,7 +195,10 @@ def run_build(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     print(f"index      {out}")
     print(f"model      {index.model['name'] if index.model else enc.name}")
-    print(f"documents  {len(index):,} ({len(ids):,} added)")
+    if is_passage_index(index):
+        print(f"passages   {len(index):,} windows of {len(ids):,} documents")
+    else:
+        print(f"documents  {len(index):,} ({len(ids):,} added)")
     print(f"dimension  {index.dim}")
     print(f"kind       {index.active_kind}")
     print(f"seconds    {seconds:.1f} (embedding, indexing and saving)")
@@ -285,24 +309,28 @@ def run_search(args: argparse.Namespace) -> int:
     top = max(args.k, args.rerank_top) if args.rerank else args.k
     prompt = None if args.query_prompt_name is None and args.query_prompt is None else \
         enc.sentence.resolve_prompt(args.query_prompt_name, args.query_prompt)
-    scores, found = index.search_text(enc, [args.query], top, prompt=prompt)
-    hits = [{"id": i, "score": float(s)} for i, s in zip(found[0], scores[0], strict=True)]
+    if is_passage_index(index):  # each document once, by its best window
+        query = index_model.embed(index.model, enc, [args.query], "query", 32, False, prompt)
+        hits = best_per_document(index, query, top)[0]
+    else:
+        scores, found = index.search_text(enc, [args.query], top, prompt=prompt)
+        hits = [{"id": i, "score": float(s)} for i, s in zip(found[0], scores[0], strict=True)]
     if args.rerank:
         from bertkit.retrieval.reranker import Reranker
 
         reranker = Reranker.from_pretrained(args.rerank)
         fuse = [h["score"] for h in hits] if reranker.fusion_weight is not None else None  # weight chosen on dev
-        order = reranker.rank(args.query, [index.document(h["id"]) for h in hits], top_k=args.k,
+        order = reranker.rank(args.query, [index.document(h.get("passage", h["id"])) for h in hits], top_k=args.k,
                               first_stage_scores=fuse)
-        hits = [{"id": hits[j]["id"], "score": float(s), "retrieval_score": hits[j]["score"]} for j, s in order]
+        hits = [{**hits[j], "score": float(s), "retrieval_score": hits[j]["score"]} for j, s in order]
     hits = hits[:args.k]
     if args.json:
         print(json.dumps({"index": args.index, "query": args.query, "kind": index.active_kind,
                           "model": index.model["name"] if index.model else enc.name, "reranker": args.rerank,
-                          "results": [{"rank": r, **h, "metadata": index.get(h["id"])}
+                          "results": [{"rank": r, **h, "metadata": index.get(h.get("passage", h["id"]))}
                                       for r, h in enumerate(hits, start=1)]}, ensure_ascii=False))
         return 0
     width = max(len(h["id"]) for h in hits)
     for r, h in enumerate(hits, start=1):
-        print(f"{r:>3}. {h['score']:7.4f}  {h['id']:<{width}}  {_snippet(index.get(h['id']))}")
+        print(f"{r:>3}. {h['score']:7.4f}  {h['id']:<{width}}  {_snippet(index.get(h.get('passage', h['id'])))}")
     return 0

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from bertkit.cli.engine_args import add_engine_args
+from bertkit.cli.long_input_args import add_long_input_args, long_input_kwargs
 from bertkit.cli.model_args import add_model_args, model_from_args
 from bertkit.data.tasks import read_task_file
 from bertkit.data.text_files import read_text_pairs, read_texts
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="NER on raw text: entities with character offsets, grouped as transformers' pipeline does "
                         "(default: word-level tags of whitespace-split words)")
     add_engine_args(p)
+    add_long_input_args(p)
     p.set_defaults(func=run)
 
 
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy)
     else:
         texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
-        preds = model.predict(texts, pairs, threshold=args.threshold)
+        preds = model.predict(texts, pairs, threshold=args.threshold, **long_input_kwargs(args))
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         if out.suffix.lower() == ".jsonl":
             for i, p in enumerate(preds):

@@ -23,6 +23,7 @@ import signal
 import threading
 
 from bertkit.cli.engine_args import add_engine_args, engine_from_args
+from bertkit.cli.long_input_args import add_long_input_args, long_input_kwargs
 from bertkit.inference.engine import EngineOptions
 from bertkit.serve.config import ServerConfig
 
@@ -86,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="the cluster to join, e.g. head-node:6379 (`ray start --head` prints it; default $RAY_ADDRESS, "
                         "else a local Ray instance on this machine)")
+    add_long_input_args(p)  # applies to /v1/embeddings, /v1/classify, /v1/ner
     add_engine_args(p)  # --dtype --int8 --backend --threads --max-batch-tokens (also the merge budget) --batch-size
     p.set_defaults(func=run)
 
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--replicas and --ray-address serve on Ray Serve: add --ray")
     if args.ray:
         return run_on_ray(args, config, options)
-    service = load_service(args.model, options)
+    service = load_service(args.model, options, **long_input_kwargs(args))
     app = create_app(service, config)
     log.info("serving %s", service.describe())
     log.info("engine: %s", options.describe())

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bertkit.data.batch import DeviceBatch, pack
+from bertkit.data.chunking import Windows, chunk_texts, chunk_words, window_token_labels
 from bertkit.data.corpus import shard_batches
 from bertkit.data.tasks import TaskData
 from bertkit.data.tokenizer import Tokenizer
@@ -33,6 +34,9 @@ class Features:
     labels: list | None  # per example, see the module docstring; None when unlabelled (prediction)
     word_ids: list[list[int | None]] | None  # ner: word index of each token
     n_truncated: int
+    # long_inputs="chunk": rows are windows, ``windows.owner`` maps each to its example (None: a row per example)
+    windows: Windows | None = None
+    example_labels: list | None = None  # chunk: the labels per example (``labels`` are per window)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,8 +60,15 @@ class PackedBatch(DeviceBatch):
 
 
 def featurize(data: TaskData, tokenizer: Tokenizer, max_length: int,
-              label2id: dict[str, int] | None) -> Features:
-    """Tokenize a dataset and turn its labels into ids; ``label2id`` None skips the labels."""
+              label2id: dict[str, int] | None, long_inputs: str = "truncate", stride: int | None = None) -> Features:
+    """Tokenize a dataset and turn its labels into ids; ``label2id`` None skips the labels.
+
+    long_inputs "chunk": an example longer than ``max_length`` becomes several rows, one per window
+    (``bertkit.data.chunking``), each with its example's label (ner: its own tokens' labels); ``stride`` is the
+    windows' overlap in tokens (None: a quarter of the window).
+    """
+    if long_inputs == "chunk":
+        return _featurize_windows(data, tokenizer, max_length, label2id, stride)
     if data.task == "ner":
         batch, word_ids = tokenizer.encode_words(data.words or [], max_length)
         labels = None
@@ -65,15 +76,34 @@ def featurize(data: TaskData, tokenizer: Tokenizer, max_length: int,
             labels = [_align_tags(tags, wids, label2id) for tags, wids in zip(data.labels, word_ids, strict=True)]
         return Features(batch.ids, batch.type_ids, labels, word_ids, batch.n_truncated)
     batch = tokenizer.encode(data.texts, data.pairs, max_length)
-    labels = None
-    if label2id is not None and data.labels:
-        if data.task == "regression":
-            labels = [float(y) for y in data.labels]
-        elif data.task == "multilabel":
-            labels = [_multi_hot(y, label2id) for y in data.labels]
-        else:
-            labels = [label2id[str(y)] for y in data.labels]
-    return Features(batch.ids, batch.type_ids, labels, None, batch.n_truncated)
+    return Features(batch.ids, batch.type_ids, _sequence_labels(data, label2id), None, batch.n_truncated)
+
+
+def _sequence_labels(data: TaskData, label2id: dict[str, int] | None) -> list | None:
+    if label2id is None or not data.labels:
+        return None
+    if data.task == "regression":
+        return [float(y) for y in data.labels]
+    if data.task == "multilabel":
+        return [_multi_hot(y, label2id) for y in data.labels]
+    return [label2id[str(y)] for y in data.labels]
+
+
+def _featurize_windows(data: TaskData, tokenizer: Tokenizer, max_length: int, label2id: dict[str, int] | None,
+                       stride: int | None) -> Features:
+    if data.task == "ner":
+        win = chunk_words(tokenizer, data.words or [], max_length, stride)
+        assert win.example_word_ids is not None and win.word_ids is not None
+        per_example = None
+        if label2id is not None:
+            per_example = [_align_tags(tags, wids, label2id)
+                           for tags, wids in zip(data.labels, win.example_word_ids, strict=True)]
+        labels = None if per_example is None else window_token_labels(per_example, win, IGNORE)
+        return Features(win.ids, win.type_ids, labels, win.word_ids, 0, win, per_example)
+    win = chunk_texts(tokenizer, data.texts, data.pairs, max_length, stride)
+    per_example = _sequence_labels(data, label2id)
+    labels = None if per_example is None else [per_example[i] for i in win.owner]
+    return Features(win.ids, win.type_ids, labels, None, 0, win, per_example)
 
 
 def _align_tags(tags: Sequence[str], word_ids: Sequence[int | None], label2id: dict[str, int]) -> list[int]:

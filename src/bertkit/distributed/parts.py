@@ -65,9 +65,11 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
                    shard: str | tuple[int, int] | None = None, resume: bool = False, overwrite: bool = False,
                    with_text: bool = False, pooling: str | Sequence[str] | None = None,
                    normalize: bool | None = None, prompt_name: str | None = None, prompt: str | None = None,
-                   batch_size: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+                   batch_size: int | None = None, progress: bool | None = None, long_inputs: str = "truncate",
+                   stride: int | None = None) -> dict[str, Any]:
     """Embed every text of ``inputs`` (files, folders, globs) into Parquet parts under ``output_dir``; returns the
-    manifest. ``pooling`` .. ``prompt`` as ``Encoder.embed``; see the module docstring for parts, resume, shard."""
+    manifest. ``pooling`` .. ``prompt``, ``long_inputs``, ``stride`` as ``Encoder.embed``; see the module docstring
+    for parts, resume, shard."""
     if part_rows < 1:
         raise ConfigError(f"part_rows must be >= 1, got {part_rows}")
     i, n = parse_shard(shard)
@@ -75,6 +77,8 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
     out = check_output_dir(output_dir)
     settings = _settings(encoder, files, text_column, part_rows, (i, n), with_text, pooling, normalize,
                          encoder.sentence.resolve_prompt(prompt_name, prompt))
+    if long_inputs != "truncate":  # (only then: manifests written before the option still resume)
+        settings.update(long_inputs=long_inputs, stride=stride)
     manifest = _start(out, settings, resume, overwrite)
     map_large_allocations()  # flat memory over any number of parts (utils/runtime.py says why and what it costs)
     _save(out, manifest)  # the settings first: a run killed before its first part still resumes (and is checked)
@@ -91,7 +95,7 @@ def embed_to_parts(encoder: Encoder, inputs: Sequence[str | os.PathLike[str]], o
                 bar.update(len(texts))
                 continue
             vectors = encoder.embed(texts, batch_size, pooling=pooling, normalize=normalize, progress=False,
-                                    prompt_name=prompt_name, prompt=prompt)
+                                    prompt_name=prompt_name, prompt=prompt, long_inputs=long_inputs, stride=stride)
             done[str(k)] = _write_part(out, k, k * part_rows, vectors, texts if with_text else None)
             _save(out, manifest)  # the part counts as done only now: a kill before this redoes it
             trim_heap()  # what the small allocations left free in the heap, back to the OS between parts

@@ -201,13 +201,16 @@ class VectorIndex:
     def build(cls, encoder: Encoder, ids: Sequence[str], texts: Sequence[str],
               metadata: Sequence[dict[str, Any] | None] | None = None, kind: str = "auto",
               batch_size: int = 32, progress: bool | None = None, *, pooling: str | Sequence[str] | None = None,
-              doc_prompt: str | None = None, query_prompt: str | None = None) -> VectorIndex:
+              doc_prompt: str | None = None, query_prompt: str | None = None, long_inputs: str = "truncate",
+              stride: int | None = None) -> VectorIndex:
         """Embed ``texts`` and index them under ``ids``; each item's metadata gets ``text`` unless it has one.
 
         pooling: instead of the model's own. doc_prompt / query_prompt: the literal prompts documents get now
         and queries get at search time (None: the model's own "document" / "query" prompts; "" for none).
+        long_inputs "chunk": a document past max_length is the length-weighted mean of its windows (overlapping
+        by ``stride`` tokens), recorded so that appends embed the same way.
         """
-        info = model_info(encoder, pooling, doc_prompt, query_prompt)
+        info = model_info(encoder, pooling, doc_prompt, query_prompt, long_inputs, stride)
         index = cls(encoder.sentence.dim(info["pooling"]), info, kind)
         index.add_texts(encoder, ids, texts, metadata, batch_size=batch_size, progress=progress)
         return index
@@ -277,6 +280,9 @@ class VectorIndex:
         Returns (added, replaced)."""
         if self.model is None and not len(self):
             self.model = model_info(encoder)
+        if self.model.get("passages") == "windows":  # its items are windows (retrieval/passages.py)
+            raise BertkitError("this index holds passages (a vector per window of each document): documents "
+                               "cannot be added one vector each; rebuild it with the new documents")
         self.check_encoder(encoder)
         if isinstance(texts, str) or len(texts) != len(ids):
             raise ValueError(f"got {len(ids)} ids but {'a string' if isinstance(texts, str) else len(texts)} texts")

@@ -33,9 +33,11 @@ def model_key(name: str, directory: str | None) -> str:
 
 
 def model_info(encoder: Encoder, pooling: str | Sequence[str] | None = None, doc_prompt: str | None = None,
-               query_prompt: str | None = None) -> dict[str, Any]:
+               query_prompt: str | None = None, long_inputs: str = "truncate",
+               stride: int | None = None) -> dict[str, Any]:
     """What the manifest records about the model that made the vectors, and how it embeds: pooling (None:
-    the model's own) and the literal prompts of documents and queries (None: the model's own for the role)."""
+    the model's own), the literal prompts of documents and queries (None: the model's own for the role), and how a
+    document past max_length is read (``long_inputs`` "chunk": the length-weighted mean of its windows)."""
     directory = str(encoder.source_dir.resolve()) if encoder.source_dir else None
     s = encoder.sentence
     if s.similarity == "dot":
@@ -44,17 +46,20 @@ def model_info(encoder: Encoder, pooling: str | Sequence[str] | None = None, doc
     return {"name": encoder.name, "directory": directory,
             "pooling": list(s.modes if pooling is None else pooling_modes(pooling)), "normalized": True,
             "max_length": encoder.max_length, "document_prompt": s.role_prompt("document", prompt=doc_prompt),
-            "query_prompt": s.role_prompt("query", prompt=query_prompt)}
+            "query_prompt": s.role_prompt("query", prompt=query_prompt),
+            **({"long_inputs": long_inputs, "stride": stride} if long_inputs != "truncate" else {})}
 
 
 def embed(model: dict[str, Any] | None, encoder: Encoder, texts: list[str], role: str, batch_size: int,
           progress: bool | None, prompt: str | None = None) -> np.ndarray:
     """Unit vectors of ``texts`` as ``model`` (a manifest's entry) says the index makes them ("document" or "query"
-    side; ``prompt`` replaces the recorded one). Manifests from before prompts were recorded: the model's own."""
+    side; ``prompt`` replaces the recorded one). Manifests from before prompts were recorded: the model's own.
+    Documents are read as the manifest's ``long_inputs`` says; queries are truncated."""
     m = model or {}
     prompt = m.get(f"{role}_prompt") if prompt is None else prompt
+    chunk = {"long_inputs": m.get("long_inputs", "truncate"), "stride": m.get("stride")} if role == "document" else {}
     return encoder.embed(texts, batch_size=batch_size, pooling=m.get("pooling"), normalize=True,
-                         progress=progress, prompt=encoder.sentence.role_prompt(role, prompt=prompt))
+                         progress=progress, prompt=encoder.sentence.role_prompt(role, prompt=prompt), **chunk)
 
 
 def check_encoder(model: dict[str, Any] | None, dim: int, encoder: Encoder) -> None:

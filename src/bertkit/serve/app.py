@@ -255,16 +255,18 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
         if (reason := service.why_not(capability)) is not None:
             raise APIError(400, reason, code="unsupported_endpoint")
 
-    def fit(counts: list[int], truncate: bool, single: bool) -> list[int]:
-        """Untruncated token counts -> the counts the model sees; a 422 for a too-long text unless truncating."""
+    def fit(counts: list[int], truncate: bool, single: bool, windows: bool = True) -> list[int]:
+        """Untruncated token counts -> the counts the model sees (every window's when chunking); a 422 for a
+        too-long text unless truncating or chunking (``windows`` False: an endpoint that never chunks)."""
         limit = service.max_length
-        if not truncate:
+        chunk = windows and service.long_inputs == "chunk"
+        if not truncate and not chunk:
             for i, n in enumerate(counts):
                 if n > limit:
                     where = "input" if single else f"input[{i}]"
                     raise APIError(422, f"{where} has {n} tokens, more than the model's max_length of {limit}; "
                                         f"shorten it or send truncate=true", where, "text_too_long")
-        return [min(n, limit) for n in counts]
+        return [service.tokens_read(n) if chunk else min(n, limit) for n in counts]
 
     def check_model(model: str | None) -> None:
         """OpenAI answers 404 for a model it does not serve; so do we, unless told to accept any name."""
@@ -274,7 +276,8 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
 
     def check_budget(counts: list[int]) -> None:
         if (total := sum(counts)) > config.max_request_tokens:
-            raise APIError(413, f"the request holds {total} tokens (after truncation to max_length); at most "
+            raise APIError(413, f"the request holds {total} tokens (after truncation to max_length, or in all its "
+                                f"windows); at most "
                                 f"{config.max_request_tokens} per request (max_request_tokens, --max-request-tokens)"
                                 f"; split it into smaller requests", "input", "too_many_tokens")
 
@@ -398,7 +401,8 @@ def create_app(service: Service, config: ServerConfig | None = None) -> FastAPI:
         check_model(body.model)
         require("fill-mask")
         texts = texts_of(body.input)
-        counts = fit(await run_in_threadpool(service.count_tokens, texts), body.truncate, isinstance(body.input, str))
+        counts = fit(await run_in_threadpool(service.count_tokens, texts), body.truncate, isinstance(body.input, str),
+                     windows=False)
         assert service.fill_mask is not None
         try:  # every text must keep a [MASK] within max_length; the error names the text
             await run_in_threadpool(service.fill_mask.tokenize, texts)

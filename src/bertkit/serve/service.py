@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bertkit.data.chunking import check_long_inputs, check_window_pooling, tokens_read
 from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError
 from bertkit.explain import explain
@@ -47,6 +48,8 @@ class Service:
     fill_mask: FillMask | None = None
     pooling: str | None = None  # None: the model's own
     explain_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    long_inputs: str = "truncate"  # or "chunk": texts past max_length are read in windows (bertkit.data.chunking)
+    stride: int | None = None  # chunk: the windows' overlap in tokens (None: a quarter of the window)
 
     @property
     def max_length(self) -> int:
@@ -88,6 +91,13 @@ class Service:
             n = [a + len(b) + 1 for a, b in zip(n, tok.encode_plain(list(pairs)), strict=True)]
         return n
 
+    def tokens_read(self, n: int) -> int:
+        """Tokens the model runs on for an input of ``n`` tokens: max_length at most when truncating, every
+        window's when chunking (a pair's repeated first text is not counted again: an estimate for pairs)."""
+        if self.long_inputs == "truncate":
+            return min(n, self.max_length)
+        return tokens_read(n, self.max_length, self.encoder.tokenizer.num_special_tokens(), self.stride)
+
     def count_word_tokens(self, words: Sequence[Sequence[str]]) -> list[int]:
         """Word lists (NER): BERT's pre-tokenizer splits on whitespace anyway, so joined words count the same."""
         return self.count_tokens([" ".join(w) for w in words])
@@ -95,13 +105,14 @@ class Service:
     # ---- inference (called by the batchers' worker threads with whole merged lists) -------
     def embed(self, texts: list[str], normalize: bool | None, prompt: str | None = None) -> np.ndarray:
         """(len(texts), embedding_dim) float32; None: the model's own normalization / default prompt."""
-        return self.encoder.embed(texts, pooling=self.pooling, normalize=normalize, progress=False, prompt=prompt)
+        return self.encoder.embed(texts, pooling=self.pooling, normalize=normalize, progress=False, prompt=prompt,
+                                  long_inputs=self.long_inputs, stride=self.stride)
 
     def classify(self, items: list[tuple[str, str | None]], paired: bool) -> list[dict[str, Any]]:
         assert self.task_model is not None
         texts = [a for a, _ in items]
         pairs = [str(b) for _, b in items] if paired else None
-        return self.task_model.predict(texts, pairs)
+        return self.task_model.predict(texts, pairs, long_inputs=self.long_inputs, stride=self.stride)
 
     def explain(self, texts: list[str], pairs: list[str] | None, target: str | None, steps: int
                 ) -> list[dict[str, Any]]:
@@ -111,9 +122,12 @@ class Service:
             return [e.to_dict() for e in explain(self.task_model, texts, pairs, target, steps)]
 
     def ner(self, words: list[list[str]] | list[str], aggregation_strategy: str | None = None) -> list[dict[str, Any]]:
-        """Word lists -> word tags; raw texts with an aggregation strategy -> entities with character offsets."""
+        """Word lists -> word tags (long inputs as the server reads them); raw texts with an aggregation strategy ->
+        entities with character offsets."""
         assert self.task_model is not None
-        return self.task_model.predict(words, aggregation_strategy=aggregation_strategy)
+        if aggregation_strategy is not None:
+            return self.task_model.predict(words, aggregation_strategy=aggregation_strategy)
+        return self.task_model.predict(words, long_inputs=self.long_inputs, stride=self.stride)
 
     def qa(self, items: list[tuple[str, str]], top_k: int = 1,
            null_threshold: float | None = None) -> list[Any]:
@@ -127,7 +141,8 @@ class Service:
 
     def describe(self) -> str:
         kind = f"{self.task_model.task} task model" if self.task_model is not None else "encoder"
-        return (f"{self.name} ({kind}, hidden {self.hidden_size}, max_length {self.max_length}); serves "
+        chunk = f", long inputs in windows (stride {self.stride})" if self.long_inputs == "chunk" else ""
+        return (f"{self.name} ({kind}, hidden {self.hidden_size}, max_length {self.max_length}{chunk}); serves "
                 f"{', '.join(self.capabilities)}")
 
 
@@ -140,18 +155,27 @@ def is_task_dir(directory: Path) -> bool:
         return False
 
 
-def load_service(model: str | None = None, options: EngineOptions | None = None) -> Service:
+def load_service(model: str | None = None, options: EngineOptions | None = None, *, long_inputs: str | None = None,
+                 stride: int | None = None, window_pooling: str | None = None) -> Service:
     """Load a built-in name, a local model directory of any family and format, or an ``org/name`` in the local
-    Hugging Face cache (default all-MiniLM-L6-v2) for serving, through ``bertkit.loader``."""
+    Hugging Face cache (default all-MiniLM-L6-v2) for serving, through ``bertkit.loader``.
+
+    long_inputs, stride, window_pooling: how every endpoint reads a text past max_length (None: what a task model
+    was saved with, else truncate)."""
     options = options or EngineOptions()
+    if long_inputs is not None:
+        check_long_inputs(long_inputs)
     info = inspect(model)
     name = str(model or DEFAULT_MODEL)
     if info.is_task_model:
         tm = load_task_model(info.path, engine=options)
+        if window_pooling is not None:
+            tm.window_pooling = check_window_pooling(window_pooling)
         # The encoder module (and engine) the task head runs on: embeddings need no second copy of the weights.
         enc = encoder_of(tm, info)
         enc.name = name
-        return Service(name, enc, task_model=tm)
+        return Service(name, enc, task_model=tm, long_inputs=long_inputs or tm.long_inputs,
+                       stride=tm.stride if stride is None and long_inputs is None else stride)
     enc = load(info.path, engine=options)
     enc.name = name
     fm = None
@@ -159,4 +183,4 @@ def load_service(model: str | None = None, options: EngineOptions | None = None)
     if has_mlm_head(enc.head_state, spec):  # the MLM head sits on the encoder just loaded (torch, even with onnx)
         fm = FillMask(MaskedLM.from_encoder(enc.model, enc.head_state, str(info.path)), enc.tokenizer,
                       enc.max_length, head_trained=True, name=name, engine=enc.engine)
-    return Service(name, enc, fill_mask=fm)
+    return Service(name, enc, fill_mask=fm, long_inputs=long_inputs or "truncate", stride=stride)

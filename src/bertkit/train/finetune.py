@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bertkit.data.chunking import check_long_inputs, check_window_pooling
 from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tag_schemes import AUTO, check_scheme, resolve_scheme
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
@@ -95,6 +96,9 @@ class FinetuneConfig(DataConfig):
     null_threshold: float | None = None  # qa: answer "" when no-answer beats the best span by this (v2-style data)
     scheme: str = AUTO  # ner tag scheme: auto (detected, logged), bio, iob1, bioes, bilou or plain
     thresholds: str = "tuned"  # multilabel: "tuned" (per label, on dev, saved with the model) or "fixed" (0.5)
+    long_inputs: str = "truncate"  # truncate, or chunk: a text past max_length is cut into overlapping windows
+    stride: int | None = None  # chunk: tokens shared by consecutive windows (default: a quarter of the window)
+    window_pooling: str = "mean"  # chunk: pool the windows' logits of an example by mean or max
     training: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -193,6 +197,8 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     check_task(cfg.task)
     if cfg.thresholds not in THRESHOLD_MODES:
         raise ValueError(f"thresholds={cfg.thresholds!r}: must be one of {', '.join(THRESHOLD_MODES)}")
+    check_long_inputs(cfg.long_inputs)
+    check_window_pooling(cfg.window_pooling)
     # The task's own metric picks the best checkpoint unless one is named (a copy: the caller's config stays).
     tcfg = dataclasses.replace(cfg.training, metric=cfg.training.metric or MAIN_METRIC[cfg.task][0])
     out = Path(output_dir)
@@ -223,8 +229,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     labels = train.label_names() if cfg.task != "regression" else []
     head = build_head(encoder, cfg.task, max(len(labels), 1))
     apply_stability_options(encoder, cfg)
+    # chunk: the training examples are the windows (each with its example's label), dev/test are scored per example
     tm = TaskModel(head, Tokenizer.from_dir(info.weights_dir), cfg.task, labels,
-                   min(cfg.max_length, encoder.config.max_tokens), out, scheme=scheme)
+                   min(cfg.max_length, encoder.config.max_tokens), out, scheme=scheme, long_inputs=cfg.long_inputs,
+                   stride=cfg.stride, window_pooling=cfg.window_pooling)
     train_feats = tm.featurize(train)
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     if dist.is_main:
@@ -236,6 +244,8 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
                    "max_length": tm.max_length, "reinit_layers": cfg.reinit_layers,
                    "freeze_embeddings": cfg.freeze_embeddings, "freeze_layers": cfg.freeze_layers,
                    "encoder": encoder.config.to_dict()}
+    if cfg.long_inputs != "truncate":  # (only then: runs started before the option resume as they were)
+        fingerprint.update(long_inputs=cfg.long_inputs, stride=cfg.stride)
     log.info("fine-tuning %s on %s: %d train / %d dev examples, %d labels, max_length %d", model_dir.name,
              cfg.dataset or cfg.train_file, len(train), len(dev) if dev is not None else 0, len(labels),
              tm.max_length)

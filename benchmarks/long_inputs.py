@@ -1,0 +1,179 @@
+"""Long inputs on BBC News: all-MiniLM-L6-v2 fine-tuned reading the first ``max_length`` tokens of each article
+(``--long-inputs truncate``) against reading all of it in overlapping windows (``chunk``, window logits pooled),
+at the same time budget, next to TF-IDF + linear baselines that read every word.
+
+5-fold stratified cross-validation (seeded) over all 2,127 articles: in each fold the held-out fifth is the test
+set, and a stratified tenth of the rest is the dev set that picks the best checkpoint. Reported: test accuracy per
+fold, mean and standard deviation over the folds; and, on the first fold's test set, inference speed (tokens/s and
+articles/s) of the truncated and the chunked reading with the same model.
+
+    python benchmarks/long_inputs.py                      # 5 folds, 6 minutes of training per model and fold
+    python benchmarks/long_inputs.py --time-budget 10m --stride 32
+    python benchmarks/long_inputs.py --quick              # 1 fold, 1 minute: proves it runs (not a result)
+
+JSON: benchmarks/results/long_inputs.json (``--quick``: runs/bench/long_inputs_quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+MODES = ("truncate", "chunk")
+
+
+def all_articles():
+    """Every BBC article once (the built-in splits put back together), as one TaskData."""
+    from bertkit.data.tasks import TaskData, load_builtin
+
+    splits = load_builtin("bbc-news")
+    parts = [splits[k] for k in ("train", "dev", "test")]
+    return TaskData("classification", [t for p in parts for t in p.texts], None, [y for p in parts for y in p.labels],
+                    None, "bbc-news")
+
+
+def write_jsonl(path: Path, data, idx) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i in idx:
+            f.write(json.dumps({"text": data.texts[i], "label": data.labels[i]}, ensure_ascii=False) + "\n")
+    return path
+
+
+def finetune_one(mode: str, files: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
+    from bertkit.train.finetune import finetune
+
+    result = finetune(out, task="classification", model=args.model, train_file=str(files["train"]),
+                      eval_file=str(files["dev"]), test_file=str(files["test"]), max_length=args.max_length,
+                      epochs=args.epochs, lr=1e-4, batch_size=16, warmup_ratio=0.1, schedule="linear",
+                      weight_decay=0.01, seed=args.seed, time_budget=args.time_budget, progress=False,
+                      long_inputs=mode, stride=args.stride, window_pooling=args.window_pooling, overwrite=True)
+    st = result.state
+    return {"test": result.test, "dev": result.dev, "steps": st.step, "best_step": st.best_step,
+            "stopped": st.stopped, "train_seconds": round(st.elapsed, 1),
+            "train_tokens_per_s": round(st.tokens / max(st.elapsed, 1e-9), 1)}
+
+
+def inference_speed(model_dir: Path, test, args: argparse.Namespace) -> dict:
+    """Tokens/s and articles/s of the same model reading the test articles truncated and in windows."""
+    from bertkit.task_model import TaskModel
+
+    tm = TaskModel.from_pretrained(model_dir)
+    out = {}
+    for mode in MODES:
+        feats = tm.featurize(test, with_labels=False, long_inputs=mode, stride=args.stride)
+        tm.logits(tm.featurize(test.subset(range(8)), False, mode, args.stride))  # warm up
+        t0 = time.perf_counter()
+        tm.logits(feats)
+        dt = time.perf_counter() - t0
+        tokens = int(feats.lengths.sum())
+        out[mode] = {"sequences": len(feats), "tokens": tokens, "seconds": round(dt, 2),
+                     "tokens_per_s": round(tokens / dt, 1), "articles_per_s": round(len(test) / dt, 2)}
+    return out
+
+
+def length_stats(test, args: argparse.Namespace) -> dict:
+    from bertkit.data.tokenizer import Tokenizer
+    from bertkit.hub import resolve_model_dir
+
+    tok = Tokenizer.from_dir(resolve_model_dir(args.model))
+    n = np.array([len(x) + 2 for x in tok.encode_plain(test.texts)])
+    return {"median_tokens": int(np.median(n)), "p90_tokens": int(np.percentile(n, 90)),
+            "longer_than_max_length": round(float((n > args.max_length).mean()), 4)}
+
+
+def summarize(folds: list[dict], key: str) -> dict:
+    acc = np.array([f[key]["test"]["accuracy"] for f in folds])
+    return {"accuracy_mean": round(float(acc.mean()), 4), "accuracy_std": round(float(acc.std(ddof=1)), 4)
+            if len(acc) > 1 else None, "per_fold": [round(float(a), 4) for a in acc]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--run-folds", type=int, default=None, help="run only the first N folds (default: all)")
+    ap.add_argument("--time-budget", default="6m", help="training time per model and fold (default 6m)")
+    ap.add_argument("--epochs", type=float, default=10, help="an upper bound; the time budget is meant to stop first")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--stride", type=int, default=None, help="chunk: window overlap (default: a quarter)")
+    ap.add_argument("--window-pooling", choices=("mean", "max"), default="mean")
+    ap.add_argument("--model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--quick", action="store_true", help="1 fold, 1 minute of training: proves it runs")
+    ap.add_argument("--runs", default="runs/bench/long_inputs", help="where the fine-tuned models go")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.run_folds, args.time_budget = 1, "1m"
+    out = Path(args.out or ("runs/bench/long_inputs_quick.json" if args.quick else
+                            HERE / "results" / "long_inputs.json"))
+
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from baselines import tfidf_logreg, tfidf_svm
+    from workers import write_report
+
+    data = all_articles()
+    labels = np.array(data.labels)
+    folds = list(StratifiedKFold(args.folds, shuffle=True, random_state=args.seed).split(np.zeros(len(labels)),
+                                                                                          labels))
+    results: list[dict] = []
+    report: dict = {"benchmark": "long_inputs", "dataset": "bbc-news", "articles": len(data),
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out")}}
+    for k, (rest, test_idx) in enumerate(folds[:args.run_folds or args.folds]):
+        train_idx, dev_idx = train_test_split(rest, test_size=0.1, stratify=labels[rest], random_state=args.seed)
+        d = Path(args.runs) / f"fold{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        files = {name: write_jsonl(d / f"{name}.jsonl", data, idx)
+                 for name, idx in (("train", train_idx), ("dev", dev_idx), ("test", test_idx))}
+        train, test = data.subset(list(rest)), data.subset(list(test_idx))
+        fold: dict = {"fold": k, "sizes": {"train": len(train_idx), "dev": len(dev_idx), "test": len(test_idx)},
+                      "test_lengths": length_stats(test, args)}
+        for mode in MODES:
+            fold[mode] = finetune_one(mode, files, d / mode, args)
+            print(f"fold {k} {mode}: test accuracy {fold[mode]['test']['accuracy']:.4f} ({fold[mode]['steps']} "
+                  f"steps, {fold[mode]['train_seconds']:.0f} s)", flush=True)
+        for name, fn in (("tfidf_logreg", tfidf_logreg), ("tfidf_svm", tfidf_svm)):
+            fold[name] = {"test": fn(train, test, seed=args.seed)}  # train + dev: a baseline needs no dev set
+            print(f"fold {k} {name}: test accuracy {fold[name]['test']['accuracy']:.4f}", flush=True)
+        if k == 0:
+            report["inference"] = inference_speed(d / "chunk", test, args)
+        results.append(fold)
+        report["folds"] = results
+        report["summary"] = {key: summarize(results, key) for key in (*MODES, "tfidf_logreg", "tfidf_svm")}
+        best = max(("tfidf_logreg", "tfidf_svm"), key=lambda b: report["summary"][b]["accuracy_mean"])
+        report["strongest_baseline"] = best
+        write_report(out, report)  # after every fold: a killed run keeps what it measured
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    n = len(report["folds"])
+    names = {"truncate": f"MiniLM-L6, first {report['settings']['max_length']} tokens (truncate)",
+             "chunk": "MiniLM-L6, every token in windows (chunk)", "tfidf_logreg": "TF-IDF + logistic regression",
+             "tfidf_svm": "TF-IDF + linear SVM"}
+    lines = [f"| reader | accuracy, mean ± std over {n} fold(s) | per fold |", "|---|---|---|"]
+    for key, name in names.items():
+        std = f" ± {s[key]['accuracy_std']:.4f}" if s[key]["accuracy_std"] is not None else ""
+        lines.append(f"| {name} | {s[key]['accuracy_mean']:.4f}{std} | "
+                     f"{', '.join(f'{a:.4f}' for a in s[key]['per_fold'])} |")
+    inf = report.get("inference")
+    if inf:
+        lines += ["", "| inference (fold 0 test set) | sequences | tokens | tokens/s | articles/s |",
+                  "|---|---|---|---|---|"]
+        for mode in MODES:
+            r = inf[mode]
+            lines.append(f"| {mode} | {r['sequences']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} | "
+                         f"{r['articles_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
