@@ -52,6 +52,9 @@ class QAModel:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.doc_stride = doc_stride
+        # how the server and commands see its long inputs: a context is always read in windows overlapping by
+        # doc_stride tokens (the other task models' long_inputs / stride / window_pooling)
+        self.long_inputs, self.stride, self.window_pooling = "chunk", doc_stride, "max"
         self.max_answer_length = max_answer_length
         self.null_threshold = null_threshold  # None: always answer; a float: v2-style no-answer (see qa_decode)
         self.directory = directory
