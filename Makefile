@@ -55,7 +55,7 @@ test: $(VENV)/.test
 	$(PY) -m ruff check src tests benchmarks
 	$(LINT_IMPORTS)
 	$(MKDOCS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The tests marked slow (multi-process torchrun runs of every trainer, Ray Serve replicas, ONNX exports of every
 # family, ...): minutes, so not in `make test`; CI runs them after it (.ci/run).
