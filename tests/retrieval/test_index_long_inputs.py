@@ -67,3 +67,21 @@ def test_passage_index_returns_each_document_once(tmp_path, tiny_dir, capsys):
     more.write_text(json.dumps({"_id": "new", "text": "birds"}) + "\n")
     assert main(["index", "build", "-i", str(more), "-o", str(out), "--append"]) == 2
     assert "holds passages" in capsys.readouterr().err
+
+
+def test_index_build_records_the_pooling_and_prompts_it_was_given(tmp_path, tiny_dir):
+    """--pooling, --doc-prompt and --query-prompt reach the index (they were once parsed and dropped)."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n"
+                            for i, t in enumerate(["cats purr on the sofa", "stocks fell again"])))
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(tiny_dir), "-i", str(docs), "-o", str(out), "--pooling", "cls",
+                 "--doc-prompt", "passage: ", "--query-prompt", "query: "]) == 0
+    index = VectorIndex.load(out)
+    assert index.model["pooling"] == ["cls"]
+    assert index.model["document_prompt"] == "passage: " and index.model["query_prompt"] == "query: "
+    enc = load(str(tiny_dir))
+    want = enc.embed(["passage: cats purr on the sofa", "passage: stocks fell again"], pooling="cls", normalize=True)
+    np.testing.assert_allclose(index.vectors, want, atol=1e-6)
+    assert main(["index", "build", str(tiny_dir), "-i", str(docs), "-o", str(tmp_path / "w"), "--passages",
+                 "windows", "--pooling", "cls"]) == 2

@@ -14,6 +14,7 @@ from typing import Any
 from bertkit.cli.long_input_args import add_long_input_args, check_stride_flag
 from bertkit.data.embedding_parts import is_parts_directory
 from bertkit.data.text_files import read_lines
+from bertkit.encoder import Encoder
 from bertkit.errors import BertkitError
 from bertkit.loader import load
 from bertkit.model.pooling import POOLING_MODES
@@ -135,6 +136,12 @@ def on_wait(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def given_prompt(enc: Encoder, name: str | None, text: str | None) -> str | None:
+    """The literal prompt a --*-prompt-name / --*-prompt pair asks for; None when neither is given (the model's own
+    prompt for the role then applies)."""
+    return None if name is None and text is None else enc.sentence.resolve_prompt(name, text)
+
+
 def run_build(args: argparse.Namespace) -> int:
     if bool(args.input) == bool(args.dataset):
         raise ValueError("give the documents with either --input FILE or --dataset bbc-news")
@@ -178,6 +185,12 @@ def run_build(args: argparse.Namespace) -> int:
                 if args.kind:
                     index.set_kind(args.kind)
             elif args.passages == "windows":  # windows whatever --long-inputs says (truncate is refused)
+                given = [f for f in ("pooling", "doc_prompt_name", "doc_prompt", "query_prompt_name", "query_prompt")
+                         if getattr(args, f) is not None]
+                if given:
+                    raise BertkitError(f"{', '.join('--' + g.replace('_', '-') for g in given)}: not supported with "
+                                       "--passages windows (windows are embedded with the model's own pooling and "
+                                       "no prompt)")
                 if args.long_inputs == "truncate":
                     raise BertkitError("--passages windows reads every window: leave out --long-inputs truncate")
                 index = build_passage_index(load(args.model), ids, texts, metadata, kind=args.kind or "auto",
@@ -185,8 +198,10 @@ def run_build(args: argparse.Namespace) -> int:
             else:
                 enc = load(args.model)
                 index = VectorIndex.build(enc, ids, texts, metadata, kind=args.kind or "auto",
-                                          batch_size=args.batch_size, long_inputs=args.long_inputs or "truncate",
-                                          stride=args.stride)
+                                          batch_size=args.batch_size, pooling=args.pooling,
+                                          doc_prompt=given_prompt(enc, args.doc_prompt_name, args.doc_prompt),
+                                          query_prompt=given_prompt(enc, args.query_prompt_name, args.query_prompt),
+                                          long_inputs=args.long_inputs or "truncate", stride=args.stride)
             index.save(out)
         except BaseException:
             if created and out.is_dir() and not any(out.iterdir()):
@@ -307,8 +322,7 @@ def run_search(args: argparse.Namespace) -> int:
             setattr(index, name, value)
     enc = index.load_encoder(args.model)
     top = max(args.k, args.rerank_top) if args.rerank else args.k
-    prompt = None if args.query_prompt_name is None and args.query_prompt is None else \
-        enc.sentence.resolve_prompt(args.query_prompt_name, args.query_prompt)
+    prompt = given_prompt(enc, args.query_prompt_name, args.query_prompt)
     if is_passage_index(index):  # each document once, by its best window
         query = index_model.embed(index.model, enc, [args.query], "query", 32, False, prompt)
         hits = best_per_document(index, query, top)[0]
