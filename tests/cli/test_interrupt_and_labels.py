@@ -22,14 +22,16 @@ def test_ctrl_c_is_exit_130_with_one_line(monkeypatch, capsys):
 
 
 def test_sigint_to_a_running_command(tmp_path):
-    """A real SIGINT to a process in the middle of a job (the job is `info`'s run, made to take a while). The job
-    runs Python between short sleeps, as a real one does: a signal the kernel hands to another thread (tokenizers
-    and torch start thread pools) is acted on when the main thread next runs bytecode, so one 60 s sleep made this
-    test hang now and then (twice in full runs, never alone)."""
+    """A real SIGINT to a process in the middle of a job (the job is `info`'s run, made to take a while; it runs
+    Python between short sleeps, as a real job does)."""
     script = ("import sys, time\nimport bertkit.cli.info as info\nfrom bertkit.cli.main import main\n"
               "def slow(args):\n    print('working', flush=True)\n    for _ in range(600):\n        time.sleep(0.1)\n"
               "info.run = slow\nsys.exit(main(['info']))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a shell: SIGINT at its default, whatever this test process inherited (in some full-suite runs the
+    # pytest process had it ignored, and a child inherits an ignored signal: Python then never raises
+    # KeyboardInterrupt)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "working"
         time.sleep(0.2)
