@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from bertkit.data.chunking import check_long_inputs, check_window_pooling, reassemble
+from bertkit.data.chunking import UNTRUNCATED, check_long_inputs, check_window_pooling, chunk_texts, reassemble
 from bertkit.data.features import Features, PackedBatch, featurize, make_batch
 from bertkit.data.tag_schemes import check_scheme, resolve_scheme, scheme_of_labels
 from bertkit.data.tasks import TaskData
@@ -333,7 +333,8 @@ class TaskModel:
                 ) -> list[dict[str, Any]]:
         """Predictions in input order (threshold: multi-label only, as in ``evaluate``); long inputs read as
         ``long_inputs``/``stride``/``window_pooling`` say (None: the model's setting; "chunk" pools the windows'
-        logits, probabilities come from the pooled logits; raw-text NER with an ``aggregation_strategy`` truncates).
+        logits, probabilities come from the pooled logits; raw-text NER with an ``aggregation_strategy`` tags each
+        token from the window where it is most central, so entities and offsets cover the whole text).
 
         classification: {"label", "probabilities": {name: p}}   multilabel: {"labels", "probabilities"}
         regression: {"score"}
@@ -348,7 +349,9 @@ class TaskModel:
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts; wrap a single text in a list")
         if aggregation_strategy is not None:
-            return self._predict_text(texts, check_strategy(aggregation_strategy), batch_size)
+            return self._predict_text(texts, check_strategy(aggregation_strategy), batch_size,
+                                      check_long_inputs(long_inputs or self.long_inputs),
+                                      self.stride if stride is None else stride)
         if not texts:
             return []
         if self.task != "ner":
@@ -367,8 +370,12 @@ class TaskModel:
         return [ner_prediction(w, tags + ["O"] * (len(w) - len(tags)), self.scheme or "bio")
                 for w, tags in zip(data.words or [], self._word_tags(logits, feats), strict=True)]
 
-    def _predict_text(self, texts: Sequence[str], strategy: str, batch_size: int | None) -> list[dict[str, Any]]:
-        """Raw-text NER: tokenize with offsets, tag every token, aggregate as transformers' pipeline."""
+    def _predict_text(self, texts: Sequence[str], strategy: str, batch_size: int | None, long_inputs: str = "truncate",
+                      stride: int | None = None) -> list[dict[str, Any]]:
+        """Raw-text NER: tokenize with offsets, tag every token, aggregate as transformers' pipeline.
+
+        long_inputs "chunk": a text past ``max_length`` is tagged in windows (``chunk_texts``), each token's logits
+        from the window where it is most central, then aggregated over the whole text's tokens and offsets."""
         if self.task != "ner":
             raise ValueError(f"aggregation_strategy applies to token-classification (ner) models, not {self.task}")
         for i, t in enumerate(texts):
@@ -377,12 +384,33 @@ class TaskModel:
                                 "(word lists are tagged word by word without it)")
         if not texts:
             return []
-        batch = self.tokenizer.encode_offsets(list(texts), self.max_length)
-        logits, _ = self.logits(Features(batch.ids, batch.type_ids, None, None, batch.n_truncated), batch_size)
+        if long_inputs == "truncate":
+            batch = self.tokenizer.encode_offsets(list(texts), self.max_length)
+            logits, _ = self.logits(Features(batch.ids, batch.type_ids, None, None, batch.n_truncated), batch_size)
+        else:
+            windows = chunk_texts(self.tokenizer, list(texts), None, self.max_length, stride)
+            windows.log("input", self.max_length)
+            logits, _ = self.logits(Features(windows.ids, windows.type_ids, None, None, 0, windows), batch_size)
+            batch = self.tokenizer.encode_offsets(list(texts), UNTRUNCATED)
+            logits = [_with_special_rows(x, special) for x, special in zip(logits, batch.special_mask, strict=True)]
         agg = TokenAggregator(self.tokenizer, self.labels, self.scheme or "bio")
         return [{"text": text, "entities": agg.entities(text, ids, offsets, special, x, strategy)}
                 for text, ids, offsets, special, x in zip(texts, batch.ids, batch.offsets, batch.special_mask,
                                                           logits, strict=True)]
+
+
+def _with_special_rows(rows: np.ndarray, special_mask: Sequence[int]) -> np.ndarray:
+    """Logits of a windowed text's content tokens (n_content, L) -> (n_tokens, L) over its whole encoding,
+    specials included (zero rows: the aggregator skips special tokens). A text that fit keeps its rows."""
+    if len(rows) == len(special_mask):
+        return rows
+    content = np.flatnonzero(np.asarray(special_mask) == 0)
+    if len(content) != len(rows) or (len(content) and content[-1] - content[0] + 1 != len(content)):
+        raise RuntimeError(f"windowed tagging gave {len(rows)} token rows for a text of {len(content)} content "
+                           "tokens: the tokenizer's untruncated encoding differs from its windows")
+    out = np.zeros((len(special_mask), rows.shape[1]), dtype=rows.dtype)
+    out[content] = rows
+    return out
 
 
 def _infer_task(d: Path, extra: dict[str, Any]) -> str:

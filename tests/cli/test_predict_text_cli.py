@@ -36,6 +36,20 @@ def test_predict_raw_text(tmp_path, ner_dir, suffix, capsys):
     assert sum(len(r["entities"]) for r in rows) > 0
 
 
+def test_predict_raw_text_in_windows(tmp_path, ner_dir, capsys):
+    long = " ".join(["John Smith lives in New York and works in Paris."] * 20)  # past max_length
+    src = tmp_path / "texts.txt"
+    src.write_text(f"{LINES[0]}\n{long}\n")
+    out = tmp_path / "ents.jsonl"
+    assert main(["predict", str(ner_dir), "-i", str(src), "-o", str(out), "--aggregation-strategy", "simple",
+                 "--long-inputs", "chunk", "--stride", "8"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tm = TaskModel.from_pretrained(ner_dir)
+    want = tm.predict([LINES[0], long], aggregation_strategy="simple", long_inputs="chunk", stride=8)
+    assert [r["entities"] for r in rows] == [w["entities"] for w in want]
+    assert want != tm.predict([LINES[0], long], aggregation_strategy="simple")  # truncation stops early
+
+
 def test_predict_strategy_flag_is_checked(tmp_path, ner_dir, capsys):
     (tmp_path / "t.txt").write_text("a b\n")
     with pytest.raises(SystemExit):

@@ -5,9 +5,11 @@ DeBERTa-v3's relative positions, ModernBERT's rotary ones)."""
 import numpy as np
 import pytest
 
+from bertkit.data.chunking import UNTRUNCATED
 from bertkit.data.features import Features
 from bertkit.data.tasks import TaskData
 from bertkit.data.windows import central_window, window_spans
+from bertkit.inference.token_aggregation import TokenAggregator
 from bertkit.task_model import TaskModel
 from tests.compress.family_dirs import task_model
 
@@ -127,3 +129,35 @@ def test_the_choice_is_saved_with_the_model(models, tmp_path):
     back = TaskModel.from_pretrained(tmp_path / "m")
     assert (back.long_inputs, back.stride, back.window_pooling) == ("chunk", 7, "max")
     assert back.predict([LONG]) == tm.predict([LONG], long_inputs="chunk", stride=7, window_pooling="max")
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first"])
+def test_raw_text_ner_reads_every_token_in_windows(models, strategy):
+    """Raw-text NER with long_inputs="chunk": each token's logits from its most central window, aggregated over the
+    whole text (entities and character offsets past max_length); a short text is tagged as truncation tags it."""
+    _, tm = models
+    tok, stride = tm.tokenizer, 12
+    assert tm.predict(SHORT, aggregation_strategy=strategy, long_inputs="chunk", stride=stride) == tm.predict(
+        SHORT, aggregation_strategy=strategy)
+    content = tok.encode_plain([LONG])[0]
+    size = tm.max_length - tok.num_special_tokens()
+    spans = window_spans(len(content), size, stride)
+    assert len(spans) > 2
+    built = [tok.build_inputs(content[s:e]) for s, e in spans]
+    per_window = _window_logits(tm, [b[0] for b in built], [b[1] for b in built])
+    lead = tok.build_inputs([-1])[0].index(-1)
+    best = central_window(spans, len(content))
+    full = tok.encode_offsets([LONG], UNTRUNCATED)
+    assert [i for i, s in zip(full.ids[0], full.special_mask[0], strict=True) if not s] == content
+    rows = np.zeros((len(full.ids[0]), len(tm.labels)), np.float32)
+    for t in range(len(content)):
+        rows[lead + t] = per_window[best[t]][lead + t - spans[best[t]][0]]
+    expected = TokenAggregator(tok, tm.labels, "bio").entities(LONG, full.ids[0], full.offsets[0],
+                                                               full.special_mask[0], rows, strategy)
+    got = tm.predict([LONG], aggregation_strategy=strategy, long_inputs="chunk", stride=stride)[0]
+    assert got == {"text": LONG, "entities": expected}
+    truncated = tm.predict([LONG], aggregation_strategy=strategy)[0]["entities"]
+    cut = tok.encode_offsets([LONG], tm.max_length).offsets[0][-2][1]  # the end of the last token truncation keeps
+    assert all(e["end"] <= cut for e in truncated)
+    if strategy == "none":  # a random head tags most tokens: the windows reach past the cut
+        assert max(e["end"] for e in expected) > cut

@@ -5,7 +5,8 @@ Input: .txt (one text per line; for NER one sentence per line, words split on wh
 (field ``text``, ``text_pair``; NER ``tokens``; question answering ``question``, ``context``), .csv/.tsv, .conll
 for NER, SQuAD .json for question answering (``cli/qa.py``). NER with
 ``--aggregation-strategy none|simple|first|average|max``: raw texts (.txt lines, .jsonl/.csv field ``text``) ->
-entities with character offsets, as transformers' token-classification pipeline gives them.
+entities with character offsets, as transformers' token-classification pipeline gives them (with
+``--long-inputs chunk``, over the whole text: each token tagged in the window where it is most central).
 Output: .jsonl (one JSON object per input, in order) or .csv (sequence tasks), written atomically.
 """
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if model.task != "ner":
             raise ValueError(f"--aggregation-strategy applies to NER models; {args.model_dir[0]} is {model.task}")
         texts, pairs = read_texts(Path(args.input), args.text_column), None
-        preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy)
+        preds = model.predict(texts, pairs, aggregation_strategy=args.aggregation_strategy, **long_input_kwargs(args))
     else:
         texts, pairs = read_inputs(Path(args.input), model.task, args.text_column, args.text_pair_column)
         preds = model.predict(texts, pairs, threshold=args.threshold, **long_input_kwargs(args))
