@@ -49,6 +49,11 @@ def test_endpoints_read_long_inputs_in_windows(chunked, make_app):
         assert r.status_code == 200, r.text
         assert r.json()["data"][0]["tags"] == tm.predict([LONG], long_inputs="chunk", stride=8)[0]["tags"]
         assert len(r.json()["data"][0]["tags"]) == len(LONG.split())
+        r = client.post("/v1/ner", json={"input": [LONG], "aggregation_strategy": "none"})  # raw text, in windows
+        assert r.status_code == 200, r.text
+        want = tm.predict([LONG], aggregation_strategy="none", long_inputs="chunk", stride=8)[0]["entities"]
+        assert r.json()["data"][0]["entities"] == want
+        assert want != tm.predict([LONG], aggregation_strategy="none", long_inputs="truncate")[0]["entities"]
 
 
 def test_serve_cli_flags(tiny_dir):

@@ -126,7 +126,8 @@ class Service:
         entities with character offsets."""
         assert self.task_model is not None
         if aggregation_strategy is not None:
-            return self.task_model.predict(words, aggregation_strategy=aggregation_strategy)
+            return self.task_model.predict(words, aggregation_strategy=aggregation_strategy,
+                                           long_inputs=self.long_inputs, stride=self.stride)
         return self.task_model.predict(words, long_inputs=self.long_inputs, stride=self.stride)
 
     def qa(self, items: list[tuple[str, str]], top_k: int = 1,
