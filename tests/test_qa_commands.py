@@ -19,24 +19,17 @@ from bertkit.model.directory import load_encoder
 from bertkit.model.heads import QuestionAnsweringHead
 from bertkit.qa_model import QAModel
 from bertkit.serve import ServerConfig, create_app, load_service
-from tests.conftest import save_tiny_hf_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
-
-
-@pytest.fixture(scope="module")
-def qa_dir(tiny, tmp_path_factory):
+def qa_dir(tiny_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("qa")
-    encoder, _, _ = load_encoder(tiny)
+    encoder, _, _ = load_encoder(tiny_dir)
     torch.manual_seed(0)
-    QAModel(QuestionAnsweringHead(encoder), Tokenizer.from_dir(tiny), max_length=64, doc_stride=16).save_pretrained(d)
+    qa = QAModel(QuestionAnsweringHead(encoder), Tokenizer.from_dir(tiny_dir), max_length=64, doc_stride=16)
+    qa.save_pretrained(d)
     return d
 
 
@@ -67,11 +60,11 @@ def test_data_qa_smoke_writes_readable_splits(tmp_path, capsys):
         [e.question for e in bbc_news_qa("dev", limit=3).examples]
 
 
-def test_finetune_evaluate_predict_qa(tiny, tmp_path, capsys):
+def test_finetune_evaluate_predict_qa(tiny_dir, tmp_path, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", bbc_news_qa("train", limit=4, per_text=1))
     dev = write_jsonl(tmp_path / "dev.jsonl", bbc_news_qa("dev", limit=3, per_text=1))
     out = tmp_path / "run"
-    assert main(["finetune", "--model", str(tiny), "--task", "qa", "--train", str(train), "--eval", str(dev),
+    assert main(["finetune", "--model", str(tiny_dir), "--task", "qa", "--train", str(train), "--eval", str(dev),
                  "--max-length", "64", "--doc-stride", "16", "-o", str(out), "--max-steps", "2", "--batch-size", "8",
                  "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)

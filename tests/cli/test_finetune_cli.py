@@ -7,19 +7,11 @@ import random
 import pytest
 
 from bertkit.cli.main import main
-from tests.conftest import save_tiny_hf_model
 
 WORDS = "good great love best music film game war death king river water night school city team".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
 
 
 def sentence(rnd):
@@ -44,12 +36,12 @@ def write_conll(path, n, seed):
     return path
 
 
-def test_finetune_evaluate_predict(tmp_path, tiny, capsys):
+def test_finetune_evaluate_predict(tmp_path, tiny_dir, capsys):
     """finetune prints a JSON summary; evaluate --json prints exactly one JSON object with accuracy; predict
     writes one row per input line to .jsonl and .csv."""
     train, dev = write_csv(tmp_path / "train.csv", 12, 0), write_csv(tmp_path / "dev.csv", 6, 1)
     out = tmp_path / "run"
-    assert main(["finetune", "--model", str(tiny), "--task", "classification", "--train", str(train),
+    assert main(["finetune", "--model", str(tiny_dir), "--task", "classification", "--train", str(train),
                  "--eval", str(dev), "-o", str(out), "--epochs", "1", "--batch-size", "4", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 3 and summary["stopped"] == "done" and "accuracy" in summary["dev"]
@@ -80,10 +72,10 @@ def test_finetune_evaluate_predict(tmp_path, tiny, capsys):
         assert float(r["p_pos"]) == pytest.approx(j["probabilities"]["pos"], abs=1e-6)
 
 
-def test_evaluate_text_report(tmp_path, tiny, capsys):
+def test_evaluate_text_report(tmp_path, tiny_dir, capsys):
     train, dev = write_csv(tmp_path / "train.csv", 8, 0), write_csv(tmp_path / "dev.csv", 4, 1)
     out = tmp_path / "run"
-    assert main(["finetune", "--model", str(tiny), "--train", str(train), "--eval", str(dev), "-o", str(out),
+    assert main(["finetune", "--model", str(tiny_dir), "--train", str(train), "--eval", str(dev), "-o", str(out),
                  "--max-steps", "1", "--batch-size", "4", "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out), "--data", str(dev)]) == 0
@@ -91,11 +83,11 @@ def test_evaluate_text_report(tmp_path, tiny, capsys):
     assert "4 examples, task classification" in text and "accuracy" in text
 
 
-def test_ner_finetune_and_predict_from_txt(tmp_path, tiny, capsys):
+def test_ner_finetune_and_predict_from_txt(tmp_path, tiny_dir, capsys):
     """NER from .conll files; predict reads one sentence per line of a .txt and tags every word."""
     train, dev = write_conll(tmp_path / "train.conll", 12, 0), write_conll(tmp_path / "dev.conll", 4, 1)
     out = tmp_path / "ner"
-    assert main(["finetune", "--model", str(tiny), "--task", "ner", "--train", str(train), "--eval", str(dev),
+    assert main(["finetune", "--model", str(tiny_dir), "--task", "ner", "--train", str(train), "--eval", str(dev),
                  "-o", str(out), "--epochs", "1", "--batch-size", "4", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 3 and "f1" in summary["dev"]
@@ -110,12 +102,12 @@ def test_ner_finetune_and_predict_from_txt(tmp_path, tiny, capsys):
     assert not (tmp_path / "tags.csv").exists()
 
 
-def test_finetune_into_non_empty_output_is_exit_2(tmp_path, tiny, capsys):
+def test_finetune_into_non_empty_output_is_exit_2(tmp_path, tiny_dir, capsys):
     train, dev = write_csv(tmp_path / "train.csv", 8, 0), write_csv(tmp_path / "dev.csv", 4, 1)
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    code = main(["finetune", "--model", str(tiny), "--train", str(train), "--eval", str(dev), "-o", str(out),
+    code = main(["finetune", "--model", str(tiny_dir), "--train", str(train), "--eval", str(dev), "-o", str(out),
                  "--epochs", "1", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 2
@@ -124,9 +116,9 @@ def test_finetune_into_non_empty_output_is_exit_2(tmp_path, tiny, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
-def test_finetune_bad_settings_are_exit_2(tmp_path, tiny, capsys):
+def test_finetune_bad_settings_are_exit_2(tmp_path, tiny_dir, capsys):
     train = write_csv(tmp_path / "train.csv", 8, 0)
-    assert main(["finetune", "--model", str(tiny), "--train", str(train), "-o", str(tmp_path / "o"),
+    assert main(["finetune", "--model", str(tiny_dir), "--train", str(train), "-o", str(tmp_path / "o"),
                  "--time-budget", "soon", "--no-progress"]) == 2
     assert "cannot read duration 'soon'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

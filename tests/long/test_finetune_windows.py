@@ -10,17 +10,9 @@ import pytest
 from bertkit.data.tasks import read_task_file
 from bertkit.task_model import load_task_model
 from bertkit.train.finetune import finetune
-from tests.conftest import save_tiny_hf_model
 from tests.train.test_finetune import WORDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
 
 
 def long_files(tmp_path, task, n):
@@ -44,10 +36,10 @@ def long_files(tmp_path, task, n):
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
-def test_training_on_windows_end_to_end(tiny, tmp_path, task):
+def test_training_on_windows_end_to_end(tiny_dir, tmp_path, task):
     train, dev = long_files(tmp_path, task, 10)
     out = tmp_path / "run"
-    result = finetune(out, task=task, model=str(tiny), train_file=str(train), eval_file=str(dev), epochs=1,
+    result = finetune(out, task=task, model=str(tiny_dir), train_file=str(train), eval_file=str(dev), epochs=1,
                       batch_size=4, lr=1e-3, max_length=16, progress=False, seed=0, long_inputs="chunk", stride=3,
                       window_pooling="max")
     saved = json.loads((out / "bertkit_task.json").read_text())
@@ -64,9 +56,9 @@ def test_training_on_windows_end_to_end(tiny, tmp_path, task):
         assert all(len(lab) == len(ids) for lab, ids in zip(feats.labels, feats.ids, strict=True))
 
 
-def test_bad_long_input_settings_fail_before_training(tiny, tmp_path):
+def test_bad_long_input_settings_fail_before_training(tiny_dir, tmp_path):
     train, dev = long_files(tmp_path, "classification", 4)
-    kw = dict(task="classification", model=str(tiny), train_file=str(train), eval_file=str(dev), max_length=16,
+    kw = dict(task="classification", model=str(tiny_dir), train_file=str(train), eval_file=str(dev), max_length=16,
               progress=False)
     with pytest.raises(ValueError, match="long_inputs must be one of truncate, chunk"):
         finetune(tmp_path / "a", long_inputs="windows", **kw)

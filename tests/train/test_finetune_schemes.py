@@ -11,19 +11,11 @@ from bertkit.data.tag_schemes import TagSchemeError, convert, from_spans
 from bertkit.errors import BertkitError
 from bertkit.task_model import load_task_model
 from bertkit.train.finetune import finetune
-from tests.conftest import save_tiny_hf_model
 
 WORDS = "good great love best music film game war death king river water night school city team".split()
 POS = {w: ("NOUN" if i % 3 else "ADJ") for i, w in enumerate(WORDS)}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny(minilm_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    save_tiny_hf_model(d, minilm_dir)
-    return d
 
 
 def conll(path, scheme, n, seed):
@@ -46,17 +38,17 @@ def conll(path, scheme, n, seed):
     return path
 
 
-def run(out, tiny, train, dev, **settings):
-    kw = dict(task="ner", model=str(tiny), train_file=str(train), eval_file=str(dev), epochs=1, batch_size=4,
+def run(out, tiny_dir, train, dev, **settings):
+    kw = dict(task="ner", model=str(tiny_dir), train_file=str(train), eval_file=str(dev), epochs=1, batch_size=4,
               lr=1e-3, max_length=32, progress=False, seed=0)
     return finetune(out, **{**kw, **settings})
 
 
 @pytest.mark.parametrize("scheme", ["iob1", "bioes", "bilou", "plain"])
-def test_scheme_is_detected_saved_and_used(tmp_path, tiny, scheme, caplog):
+def test_scheme_is_detected_saved_and_used(tmp_path, tiny_dir, scheme, caplog):
     train, dev = conll(tmp_path / "train.conll", scheme, 12, 0), conll(tmp_path / "dev.conll", scheme, 6, 1)
     with caplog.at_level(logging.INFO, logger="bertkit"):
-        result = run(tmp_path / "out", tiny, train, dev)
+        result = run(tmp_path / "out", tiny_dir, train, dev)
     assert f"tag scheme: {scheme} (detected on" in caplog.text
     assert json.loads((tmp_path / "out" / "bertkit_task.json").read_text())["scheme"] == scheme
     model = load_task_model(tmp_path / "out")
@@ -83,23 +75,23 @@ def read(path):
     return read_task_file(path, "ner")
 
 
-def test_declared_scheme_is_checked_before_any_work(tmp_path, tiny):
+def test_declared_scheme_is_checked_before_any_work(tmp_path, tiny_dir):
     train = conll(tmp_path / "train.conll", "iob1", 12, 0)
     dev = conll(tmp_path / "dev.conll", "bio", 6, 1)
     with pytest.raises(TagSchemeError, match=r"train\.conll, line \d+: token \d+ \('\w+'\): B-\w+ follows O; "
                                              r"in IOB1|train\.conll, line \d+: token \d+ \('\w+'\): I-"):
-        run(tmp_path / "out", tiny, train, dev, scheme="bio")
+        run(tmp_path / "out", tiny_dir, train, dev, scheme="bio")
     assert not (tmp_path / "out").exists()
     # auto: the training data reads as IOB1, the dev file's B- after O breaks it, named in dev.conll
     with pytest.raises(TagSchemeError, match=r"dev\.conll, line \d+: token \d+"):
-        run(tmp_path / "out", tiny, train, dev)
+        run(tmp_path / "out", tiny_dir, train, dev)
     with pytest.raises(BertkitError, match="unknown tag scheme 'iob'; expected one of auto, bio, iob1"):
-        run(tmp_path / "out", tiny, train, dev, scheme="iob")
+        run(tmp_path / "out", tiny_dir, train, dev, scheme="iob")
 
 
-def test_evaluate_checks_gold_tags_against_the_model_scheme(tmp_path, tiny):
+def test_evaluate_checks_gold_tags_against_the_model_scheme(tmp_path, tiny_dir):
     train, dev = conll(tmp_path / "train.conll", "bioes", 8, 0), conll(tmp_path / "dev.conll", "bioes", 4, 1)
-    result = run(tmp_path / "out", tiny, train, dev)
+    result = run(tmp_path / "out", tiny_dir, train, dev)
     (tmp_path / "bio.conll").write_text("\n".join(" ".join(x) for x in zip(
         ["good", "city", "team"], convert(["B-LOC", "E-LOC", "S-PER"], "bioes", "bio"), strict=True)) + "\n")
     # B-LOC I-LOC B-PER: I-LOC opens nothing wrong in BIOES, but an open LOC must end with E-LOC
