@@ -13,6 +13,15 @@ articles/s) of the truncated and the chunked reading with the same model.
     python benchmarks/long_inputs.py --quick              # 1 fold, 1 minute: proves it runs (not a result)
 
     python benchmarks/long_inputs.py --dataset python-docs-sections   # 1,634 sections, median ~950 tokens
+    python benchmarks/long_inputs.py --dataset python-docs-sections --readers truncate,chunk,chunk-sampled --reuse
+
+Readers (``--readers``, default truncate,chunk): ``truncate`` and ``chunk`` as above; ``chunk-sampled``: chunk,
+training on ``--train-windows`` (default 2) windows of each article per epoch, drawn afresh each epoch, so an
+epoch costs what two truncated ones do, however long the articles. Whenever ``truncate`` runs, its model is also
+scored reading the test articles in windows (``truncate-read-chunk``: trained on the first tokens, read whole at
+inference; no extra training).
+``--reuse``: a reader whose run directory (under ``--runs``) already holds a finished fine-tuning with the same
+settings is read back from its ``results.json`` instead of trained again (the JSON marks it ``reused``).
 
 JSON: benchmarks/results/long_inputs.json, long_inputs_python-docs-sections.json (``--quick``: under runs/bench/).
 Macro-F1 is reported beside accuracy (the Python docs' parts are unbalanced: "library" is 54% of the sections).
@@ -30,7 +39,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-MODES = ("truncate", "chunk")
+MODES = ("truncate", "chunk")  # how inference_speed reads the test set
+READERS = {  # reader -> fine-tuning settings beside the shared ones
+    "truncate": {"long_inputs": "truncate"},
+    "chunk": {"long_inputs": "chunk"},
+    "chunk-sampled": {"long_inputs": "chunk", "train_windows": None},  # None: --train-windows
+}
+EXTRA = "truncate-read-chunk"  # the truncate model reading the test set in windows
+# settings a reused run must have been trained with (finetune_config.json keys)
+REUSE_KEYS = ("model", "max_length", "long_inputs", "stride", "window_pooling", "train_windows")
 
 
 def all_articles(name: str = "bbc-news"):
@@ -50,18 +67,52 @@ def write_jsonl(path: Path, data, idx) -> Path:
     return path
 
 
-def finetune_one(mode: str, files: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
+def reader_settings(reader: str, args: argparse.Namespace) -> dict:
+    extra = dict(READERS[reader])
+    if "train_windows" in extra:
+        extra["train_windows"] = args.train_windows
+    return {"model": args.model, "max_length": args.max_length, "stride": args.stride,
+            "window_pooling": args.window_pooling, "train_windows": None, **extra}
+
+
+def finished(out: Path, want: dict, args: argparse.Namespace) -> dict | None:
+    """A finished run in ``out`` trained with ``want`` and this time budget, as finetune_one reports it; else None."""
+    from bertkit.utils.recipes import parse_duration
+
+    if not (out / "results.json").is_file() or not (out / "finetune_config.json").is_file():
+        return None
+    cfg = json.loads((out / "finetune_config.json").read_text())
+    if any(cfg.get(k) != want[k] for k in REUSE_KEYS) or cfg["training"]["seed"] != args.seed or \
+            cfg["training"]["time_budget"] != parse_duration(args.time_budget):
+        raise SystemExit(f"--reuse: {out} was trained with other settings than {want} (time budget "
+                         f"{args.time_budget}, seed {args.seed}); remove it or drop --reuse")
+    r = json.loads((out / "results.json").read_text())
+    return {**{k: r[k] for k in ("test", "dev", "steps", "best_step", "stopped", "train_seconds",
+                                 "train_tokens_per_s")}, "reused": True}
+
+
+def finetune_one(reader: str, files: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
     from bertkit.train.finetune import finetune
 
-    result = finetune(out, task="classification", model=args.model, train_file=str(files["train"]),
-                      eval_file=str(files["dev"]), test_file=str(files["test"]), max_length=args.max_length,
-                      epochs=args.epochs, lr=1e-4, batch_size=16, warmup_ratio=0.1, schedule="linear",
-                      weight_decay=0.01, seed=args.seed, time_budget=args.time_budget, progress=False,
-                      long_inputs=mode, stride=args.stride, window_pooling=args.window_pooling, overwrite=True)
+    want = reader_settings(reader, args)
+    if args.reuse and (done := finished(out, want, args)) is not None:
+        return done
+    result = finetune(out, task="classification", train_file=str(files["train"]), eval_file=str(files["dev"]),
+                      test_file=str(files["test"]), epochs=args.epochs, lr=1e-4, batch_size=16, warmup_ratio=0.1,
+                      schedule="linear", weight_decay=0.01, seed=args.seed, time_budget=args.time_budget,
+                      progress=False, overwrite=True, **want)
     st = result.state
     return {"test": result.test, "dev": result.dev, "steps": st.step, "best_step": st.best_step,
             "stopped": st.stopped, "train_seconds": round(st.elapsed, 1),
             "train_tokens_per_s": round(st.tokens / max(st.elapsed, 1e-9), 1)}
+
+
+def read_in_windows(model_dir: Path, test, args: argparse.Namespace) -> dict:
+    """The truncate model scored reading every test article in windows (no training of its own)."""
+    from bertkit.task_model import TaskModel
+
+    tm = TaskModel.from_pretrained(model_dir)
+    return {"test": tm.evaluate(test, long_inputs="chunk", stride=args.stride, window_pooling=args.window_pooling)}
 
 
 def inference_speed(model_dir: Path, test, args: argparse.Namespace) -> dict:
@@ -112,6 +163,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--stride", type=int, default=None, help="chunk: window overlap (default: a quarter)")
     ap.add_argument("--window-pooling", choices=("mean", "max"), default="mean")
+    ap.add_argument("--readers", default="truncate,chunk", help=f"comma-separated, of {', '.join(READERS)}")
+    ap.add_argument("--train-windows", type=int, default=2, help="chunk-sampled: windows of each article per epoch")
+    ap.add_argument("--reuse", action="store_true", help="read back finished runs with the same settings")
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--dataset", default="bbc-news", choices=("bbc-news", "python-docs-sections"),
                     help="python-docs-sections: Python docs sections (median ~950 tokens), the long-document task")
@@ -120,6 +174,9 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/bench/long_inputs", help="where the fine-tuned models go")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    readers = [r.strip() for r in args.readers.split(",") if r.strip()]
+    if not readers or any(r not in READERS for r in readers):
+        ap.error(f"--readers {args.readers!r}: choose from {', '.join(READERS)}")
     if args.quick:
         args.run_folds, args.time_budget = 1, "1m"
     suffix = "" if args.dataset == "bbc-news" else f"_{args.dataset}"
@@ -138,6 +195,8 @@ def main() -> None:
     results: list[dict] = []
     report: dict = {"benchmark": "long_inputs", "dataset": args.dataset, "articles": len(data),
                     "settings": {k: v for k, v in vars(args).items() if k not in ("runs", "out")}}
+    prior = json.loads(out.read_text()) if args.reuse and out.is_file() else {}
+    keys = [*readers, *([EXTRA] if "truncate" in readers else []), "tfidf_logreg", "tfidf_svm"]
     for k, (rest, test_idx) in enumerate(folds[:args.run_folds or args.folds]):
         train_idx, dev_idx = train_test_split(rest, test_size=0.1, stratify=labels[rest], random_state=args.seed)
         d = Path(args.runs) / args.dataset / f"fold{k}"
@@ -147,18 +206,25 @@ def main() -> None:
         train, test = data.subset(list(rest)), data.subset(list(test_idx))
         fold: dict = {"fold": k, "sizes": {"train": len(train_idx), "dev": len(dev_idx), "test": len(test_idx)},
                       "test_lengths": length_stats(test, args)}
-        for mode in MODES:
-            fold[mode] = finetune_one(mode, files, d / mode, args)
-            print(f"fold {k} {mode}: test accuracy {fold[mode]['test']['accuracy']:.4f} ({fold[mode]['steps']} "
-                  f"steps, {fold[mode]['train_seconds']:.0f} s)", flush=True)
+        for reader in readers:
+            fold[reader] = finetune_one(reader, files, d / reader, args)
+            print(f"fold {k} {reader}: test accuracy {fold[reader]['test']['accuracy']:.4f} ({fold[reader]['steps']}"
+                  f" steps, {fold[reader]['train_seconds']:.0f} s{', reused' if fold[reader].get('reused') else ''})",
+                  flush=True)
+        if "truncate" in readers:
+            fold[EXTRA] = read_in_windows(d / "truncate", test, args)
+            print(f"fold {k} {EXTRA}: test accuracy {fold[EXTRA]['test']['accuracy']:.4f}", flush=True)
         for name, fn in (("tfidf_logreg", tfidf_logreg), ("tfidf_svm", tfidf_svm)):
             fold[name] = {"test": fn(train, test, seed=args.seed)}  # train + dev: a baseline needs no dev set
             print(f"fold {k} {name}: test accuracy {fold[name]['test']['accuracy']:.4f}", flush=True)
-        if k == 0:
-            report["inference"] = inference_speed(d / "chunk", test, args)
+        if k == 0 and "chunk" in readers:
+            if fold["chunk"].get("reused") and "inference" in prior:  # measured with that model when it was trained
+                report["inference"] = {**prior["inference"], "reused": True}
+            else:
+                report["inference"] = inference_speed(d / "chunk", test, args)
         results.append(fold)
         report["folds"] = results
-        report["summary"] = {key: summarize(results, key) for key in (*MODES, "tfidf_logreg", "tfidf_svm")}
+        report["summary"] = {key: summarize(results, key) for key in keys}
         best = max(("tfidf_logreg", "tfidf_svm"), key=lambda b: report["summary"][b]["accuracy_mean"])
         report["strongest_baseline"] = best
         write_report(out, report)  # after every fold: a killed run keeps what it measured
@@ -169,11 +235,16 @@ def markdown(report: dict) -> str:
     s = report["summary"]
     n = len(report["folds"])
     names = {"truncate": f"MiniLM-L6, first {report['settings']['max_length']} tokens (truncate)",
-             "chunk": "MiniLM-L6, every token in windows (chunk)", "tfidf_logreg": "TF-IDF + logistic regression",
-             "tfidf_svm": "TF-IDF + linear SVM"}
+             EXTRA: "MiniLM-L6 trained truncated, read in windows",
+             "chunk": "MiniLM-L6, every token in windows (chunk)",
+             "chunk-sampled": f"MiniLM-L6, chunk, {report['settings'].get('train_windows', 1)} window(s) of each "
+                              "article per epoch",
+             "tfidf_logreg": "TF-IDF + logistic regression", "tfidf_svm": "TF-IDF + linear SVM"}
     lines = [f"| reader | accuracy, mean ± std over {n} fold(s) | macro-F1 | per fold (accuracy) |",
              "|---|---|---|---|"]
     for key, name in names.items():
+        if key not in s:
+            continue
         std = f" ± {s[key]['accuracy_std']:.4f}" if s[key]["accuracy_std"] is not None else ""
         f1 = f"{s[key]['macro_f1_mean']:.4f}" if "macro_f1_mean" in s[key] else "-"
         lines.append(f"| {name} | {s[key]['accuracy_mean']:.4f}{std} | {f1} | "

@@ -21,6 +21,11 @@ and the scores equal within rtol 1e-4; mismatches are counted. EM/F1: the offici
 
     python benchmarks/qa.py [--train-steps 300] [--questions 400] [--rounds 3]
     python benchmarks/qa.py --quick      # random head, 24 questions, 1 round: proves the script runs
+    python benchmarks/qa.py --int8       # adds bertkit int8 (load_task_model(dir, int8=True)) to the same rounds
+
+``--int8``: a third engine, the same model with int8 linear layers. Its scores differ from fp32, so it is not
+held to decoding parity; reported are its EM/F1, how many answers equal the (fp32) pipeline's, and its speed
+against the pipeline.
 """
 
 from __future__ import annotations
@@ -73,12 +78,15 @@ def main() -> int:
     ap.add_argument("--doc-stride", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="also time bertkit with int8 linear layers")
     ap.add_argument("--output", default=str(ROOT / "benchmarks/results/qa.json"))
     args = ap.parse_args()
     if args.quick:
         args.train_steps, args.questions, args.rounds = 0, 24, 1
         if args.output == str(ROOT / "benchmarks/results/qa.json"):
             args.output = str(ROOT / "benchmarks/results/qa_quick.json")
+    if args.int8 and args.output == str(ROOT / "benchmarks/results/qa.json"):
+        args.output = str(ROOT / "benchmarks/results/qa_int8.json")
     torch.set_num_threads(args.threads)
 
     import transformers
@@ -96,6 +104,10 @@ def main() -> int:
         model_info = build_model(d, args.train_steps)
         ours = bertkit.load_task_model(d)
         ours.max_length, ours.doc_stride = args.max_length, args.doc_stride
+        engines = {"transformers": None, "bertkit": ours}
+        if args.int8:
+            engines["bertkit-int8"] = bertkit.load_task_model(d, int8=True)
+            engines["bertkit-int8"].max_length, engines["bertkit-int8"].doc_stride = args.max_length, args.doc_stride
         tok = transformers.AutoTokenizer.from_pretrained(d)
         hf = transformers.AutoModelForQuestionAnswering.from_pretrained(d, attn_implementation="sdpa").eval()
 
@@ -107,19 +119,19 @@ def main() -> int:
                 windows += n
             return out, windows
 
-        times = {"transformers": [], "bertkit": []}
-        hf_answers = our_answers = None
+        times: dict[str, list[float]] = {k: [] for k in engines}
+        answers: dict[str, list[dict]] = {}
         windows = 0
-        for r in range(args.rounds):
-            for name in (("transformers", "bertkit") if r % 2 == 0 else ("bertkit", "transformers")):
+        for r in range(args.rounds):  # alternating order: neither engine always runs first
+            for name in (list(engines) if r % 2 == 0 else list(engines)[::-1]):
                 t0 = time.perf_counter()
                 if name == "transformers":
                     with torch.inference_mode():
-                        hf_answers, windows = run_hf()
+                        answers[name], windows = run_hf()
                 else:
-                    our_answers = ours.predict(questions, contexts)
+                    answers[name] = engines[name].predict(questions, contexts)
                 times[name].append(time.perf_counter() - t0)
-    assert hf_answers is not None and our_answers is not None
+    hf_answers, our_answers = answers["transformers"], answers["bertkit"]
     mismatch = [i for i, (a, b) in enumerate(zip(our_answers, hf_answers, strict=True))
                 if (a["answer"], a["start"], a["end"]) != (b["answer"], b["start"], b["end"])
                 or not np.isclose(a["score"], b["score"], rtol=1e-4, atol=1e-7)]
@@ -137,12 +149,25 @@ def main() -> int:
                                   "examples_per_s": round(rate["transformers"], 2), "seconds": times["transformers"]},
         "speedup": round(rate["bertkit"] / rate["transformers"], 2),
     }
+    if args.int8:
+        int8 = answers["bertkit-int8"]
+        report["bertkit_int8"] = {
+            **M.squad_scores(gold, [a["answer"] for a in int8]),
+            "examples_per_s": round(rate["bertkit-int8"], 2), "seconds": times["bertkit-int8"],
+            "speedup": round(rate["bertkit-int8"] / rate["transformers"], 2),
+            "same_answer_as_pipeline": sum((a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
+                                           for a, b in zip(int8, hf_answers, strict=True))}
     write_report(args.output, report)
     print(f"{len(examples)} questions, {windows} windows: decoding mismatches {len(mismatch)}; "
           f"EM/F1 bertkit {report['bertkit']['exact_match']:.1f}/{report['bertkit']['f1']:.1f}, "
           f"pipeline {report['transformers_pipeline']['exact_match']:.1f}/{report['transformers_pipeline']['f1']:.1f}; "
           f"examples/s bertkit {rate['bertkit']:.2f}, pipeline {rate['transformers']:.2f}: {report['speedup']}x "
           f"-> {args.output}")
+    if args.int8:
+        r8 = report["bertkit_int8"]
+        print(f"bertkit int8: EM/F1 {r8['exact_match']:.1f}/{r8['f1']:.1f}, {r8['same_answer_as_pipeline']} of "
+              f"{len(examples)} answers equal the fp32 pipeline's, {r8['examples_per_s']:.2f} examples/s = "
+              f"{r8['speedup']}x the pipeline")
     return 0
 
 

@@ -46,6 +46,8 @@ LONG_INPUT_FLAGS: dict[str, dict] = {
     "long_inputs": dict(choices=LONG_INPUTS, help=HELP["long_inputs"]),
     "stride": dict(help=HELP["stride"]),
     "window_pooling": dict(choices=WINDOW_POOLING, help=HELP["window_pooling"]),
+    "train_windows": dict(help="chunk: train on at most N windows of each example per epoch, drawn afresh each "
+                               "epoch (default: every window)"),
 }
 
 

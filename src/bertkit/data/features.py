@@ -137,10 +137,30 @@ def make_batch(features: Features, indices: Sequence[int] | np.ndarray) -> Packe
 
 
 def shuffled_batches(features: Features, batch_size: int, seed: int, epoch: int, rank: int = 0,
-                     world: int = 1) -> list[PackedBatch]:
+                     world: int = 1, windows_per_example: int | None = None) -> list[PackedBatch]:
     """One epoch of training batches in a random order fixed by (seed, epoch), so a resumed run sees
     exactly the batches an uninterrupted one would. Under torchrun ``batch_size`` is the global batch and
-    each rank gets its slice of every one (``shard_batches``; the last, smaller batch too)."""
+    each rank gets its slice of every one (``shard_batches``; the last, smaller batch too).
+
+    windows_per_example: windowed features (long_inputs="chunk") keep at most this many windows of each example
+    in the epoch, drawn afresh each epoch (still fixed by (seed, epoch)); None keeps every window."""
     order = np.random.default_rng([seed, epoch]).permutation(len(features))
+    if windows_per_example is not None and features.windows is not None:
+        order = first_per_owner(order, features.windows.owner, windows_per_example)
     return [make_batch(features, idx) for idx in shard_batches(order, batch_size, rank, world, drop_last=False)]
+
+
+def first_per_owner(order: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
+    """The rows of ``order`` (a permutation of windows) whose window is among the first ``k`` of its owner in that
+    order - in a random order, k windows of each example drawn without replacement. Order is kept.
+
+    order (n,), owner (n_windows,) -> (m,), m = sum over examples of min(k, its windows)."""
+    if k < 1:
+        raise ValueError(f"windows per example must be >= 1, got {k}")
+    own = owner[order]
+    grouped = np.argsort(own, kind="stable")  # positions grouped by owner, each group in order of appearance
+    first = np.searchsorted(own[grouped], own[grouped], side="left")  # where each position's group starts
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[grouped] = np.arange(len(order)) - first
+    return order[rank < k]
 

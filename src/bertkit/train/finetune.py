@@ -38,7 +38,7 @@ from bertkit.data.features import Features, shuffled_batches
 from bertkit.data.tag_schemes import AUTO, check_scheme, resolve_scheme
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import Tokenizer
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, ConfigError
 from bertkit.hub import DEFAULT_MODEL
 from bertkit.model.directory import load_encoder
 from bertkit.model.heads import strip_task_keys
@@ -99,6 +99,9 @@ class FinetuneConfig(DataConfig):
     long_inputs: str = "truncate"  # truncate, or chunk: a text past max_length is cut into overlapping windows
     stride: int | None = None  # chunk: tokens shared by consecutive windows (default: a quarter of the window)
     window_pooling: str = "mean"  # chunk: pool the windows' logits of an example by mean or max
+    # chunk: train on at most this many windows of each example per epoch, drawn afresh each epoch (None: all) -
+    # a long document then costs an epoch what a short one does, so a time budget still covers every example
+    train_windows: int | None = None
     training: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -140,7 +143,7 @@ def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_fe
                     dist: DistInfo | None = None, dev: TaskData | None = None,
                     dev_feats: Features | None = None, test: TaskData | None = None,
                     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                    find_unused_parameters: bool = False
+                    find_unused_parameters: bool = False, windows_per_example: int | None = None
                     ) -> tuple[TrainState, TaskModel, dict[str, float] | None, dict[str, float] | None, dict[str, Any]]:
     """Train ``model`` (``tm``'s head, or a module that trains it) on the engine, keep the best dev checkpoint as a
     task model in ``out`` (the last one without a dev set), load it back and score dev and test.
@@ -149,6 +152,7 @@ def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_fe
     ``evaluate`` defaults to ``tm``'s metrics on ``dev_feats``. Fine-tuning and distillation both end here.
     ``dist`` (from ``init_distributed``): under torchrun ``tcfg.batch_size`` is the global batch, each rank trains
     on its slice of it; rank 0 saves the model, every rank loads it back and scores it alike.
+    ``windows_per_example``: windowed training features keep that many windows of each example per epoch.
     """
     dist = dist or init_distributed(tcfg.device)
     if evaluate is None:
@@ -160,7 +164,7 @@ def train_and_score(tm: TaskModel, model: nn.Module, tcfg: TrainConfig, train_fe
     trainer = Trainer(
         model, rank_tcfg,
         batches=lambda epoch: shuffled_batches(train_feats, tcfg.batch_size, tcfg.seed, epoch, dist.rank,
-                                               dist.world_size),
+                                               dist.world_size, windows_per_example),
         loss_fn=loss_fn, output_dir=out,
         evaluate=evaluate if dev_feats is not None else None,
         on_best=lambda _m, _metrics: tm.save_pretrained(out, tokenizer=False),
@@ -190,6 +194,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
     if config is not None and settings:
         raise ValueError("pass either config= or keyword settings, not both")
     cfg.training.validate()
+    if cfg.train_windows is not None and (cfg.long_inputs != "chunk" or cfg.task == "qa" or cfg.train_windows < 1):
+        raise ConfigError(f"train_windows={cfg.train_windows}: a number >= 1 of windows per training example, for "
+                          f"long_inputs='chunk' (got long_inputs={cfg.long_inputs!r}, task {cfg.task!r}; qa trains "
+                          "on every window, each with its own answer span)")
     if cfg.task == "qa":
         from bertkit.train.finetune_qa import finetune_qa  # question answering has its own data and model
 
@@ -246,13 +254,15 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
                    "encoder": encoder.config.to_dict()}
     if cfg.long_inputs != "truncate":  # (only then: runs started before the option resume as they were)
         fingerprint.update(long_inputs=cfg.long_inputs, stride=cfg.stride)
+    if cfg.train_windows is not None:
+        fingerprint.update(train_windows=cfg.train_windows)
     log.info("fine-tuning %s on %s: %d train / %d dev examples, %d labels, max_length %d", model_dir.name,
              cfg.dataset or cfg.train_file, len(train), len(dev) if dev is not None else 0, len(labels),
              tm.max_length)
     state, best, dev_metrics, test_metrics, summary = train_and_score(
         tm, head, tcfg, train_feats, tm.loss, out, fingerprint=fingerprint, callbacks=callbacks, resume=resume,
         dist=dist, dev=dev, dev_feats=dev_feats, test=test,
-        find_unused_parameters=pooler_unused(head))
+        find_unused_parameters=pooler_unused(head), windows_per_example=cfg.train_windows)
     report = None
     if cfg.task == "multilabel":
         dev_metrics, test_metrics, report = settle_thresholds(best, cfg.thresholds, dev, test, dev_metrics,
