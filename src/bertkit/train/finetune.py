@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -242,6 +243,10 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
                    min(cfg.max_length, encoder.config.max_tokens), out, scheme=scheme, long_inputs=cfg.long_inputs,
                    stride=cfg.stride, window_pooling=cfg.window_pooling)
     train_feats = tm.featurize(train)
+    if cfg.train_windows is not None and train_feats.windows is not None:
+        per_text = np.bincount(train_feats.windows.owner, minlength=len(train))
+        log.info("training on at most %d window(s) of each text per epoch: %d of the %d windows of %d texts",
+                 cfg.train_windows, int(np.minimum(per_text, cfg.train_windows).sum()), len(train_feats), len(train))
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     if dist.is_main:
         atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2)
