@@ -102,12 +102,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "qa"
         model_info = build_model(d, args.train_steps)
-        ours = bertkit.load_task_model(d)
-        ours.max_length, ours.doc_stride = args.max_length, args.doc_stride
-        engines = {"transformers": None, "bertkit": ours}
+        engines = {"transformers": None, "bertkit": bertkit.load_task_model(d)}
         if args.int8:
             engines["bertkit-int8"] = bertkit.load_task_model(d, int8=True)
-            engines["bertkit-int8"].max_length, engines["bertkit-int8"].doc_stride = args.max_length, args.doc_stride
+        for engine in engines.values():
+            if engine is not None:  # bertkit's: read windows as the pipeline does
+                engine.max_length, engine.doc_stride = args.max_length, args.doc_stride
         tok = transformers.AutoTokenizer.from_pretrained(d)
         hf = transformers.AutoModelForQuestionAnswering.from_pretrained(d, attn_implementation="sdpa").eval()
 
@@ -132,9 +132,11 @@ def main() -> int:
                     answers[name] = engines[name].predict(questions, contexts)
                 times[name].append(time.perf_counter() - t0)
     hf_answers, our_answers = answers["transformers"], answers["bertkit"]
+    def span(a: dict) -> tuple:
+        return a["answer"], a["start"], a["end"]
+
     mismatch = [i for i, (a, b) in enumerate(zip(our_answers, hf_answers, strict=True))
-                if (a["answer"], a["start"], a["end"]) != (b["answer"], b["start"], b["end"])
-                or not np.isclose(a["score"], b["score"], rtol=1e-4, atol=1e-7)]
+                if span(a) != span(b) or not np.isclose(a["score"], b["score"], rtol=1e-4, atol=1e-7)]
     gold = [e.answers for e in examples]
     rate = {k: len(examples) / statistics.median(v) for k, v in times.items()}
     report = {
@@ -155,8 +157,7 @@ def main() -> int:
             **M.squad_scores(gold, [a["answer"] for a in int8]),
             "examples_per_s": round(rate["bertkit-int8"], 2), "seconds": times["bertkit-int8"],
             "speedup": round(rate["bertkit-int8"] / rate["transformers"], 2),
-            "same_answer_as_pipeline": sum((a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
-                                           for a, b in zip(int8, hf_answers, strict=True))}
+            "same_answer_as_pipeline": sum(span(a) == span(b) for a, b in zip(int8, hf_answers, strict=True))}
     write_report(args.output, report)
     print(f"{len(examples)} questions, {windows} windows: decoding mismatches {len(mismatch)}; "
           f"EM/F1 bertkit {report['bertkit']['exact_match']:.1f}/{report['bertkit']['f1']:.1f}, "

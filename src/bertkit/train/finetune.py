@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.data.chunking import check_long_inputs, check_window_pooling
-from bertkit.data.features import Features, shuffled_batches
+from bertkit.data.features import Features, first_per_owner, shuffled_batches
 from bertkit.data.tag_schemes import AUTO, check_scheme, resolve_scheme
 from bertkit.data.tasks import TaskData, check_known_labels, check_task, load_builtin, read_task_file, split_dataset
 from bertkit.data.tokenizer import Tokenizer
@@ -244,9 +244,9 @@ def finetune(output_dir: str | os.PathLike[str], config: FinetuneConfig | None =
                    stride=cfg.stride, window_pooling=cfg.window_pooling)
     train_feats = tm.featurize(train)
     if cfg.train_windows is not None and train_feats.windows is not None:
-        per_text = np.bincount(train_feats.windows.owner, minlength=len(train))
+        kept = first_per_owner(np.arange(len(train_feats)), train_feats.windows.owner, cfg.train_windows)
         log.info("training on at most %d window(s) of each text per epoch: %d of the %d windows of %d texts",
-                 cfg.train_windows, int(np.minimum(per_text, cfg.train_windows).sum()), len(train_feats), len(train))
+                 cfg.train_windows, len(kept), len(train_feats), len(train))
     dev_feats = tm.featurize(dev) if dev is not None and len(dev) else None
     if dist.is_main:
         atomic_write_text(out / CONFIG_FILE, json.dumps({**asdict(cfg), "model_dir": str(model_dir)}, indent=2)
